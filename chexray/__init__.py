@@ -1,0 +1,3 @@
+"""CheXray: inference server for chest X-rays."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,62 @@
+"""The `chexray` command: dispatches to the converter (offline) and the server.
+
+Neither side is imported until its subcommand runs, so `chexray models check` works on a
+server install without tensorflow or torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+
+def default_model_dir() -> Path:
+    return Path(os.environ.get("CHEXRAY_MODEL_DIR", "models_onnx"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="chexray", description="Chest X-ray inference server.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    conv = sub.add_parser("convert", help="build the ONNX model repository from Keras/PyTorch")
+    try:
+        from convert.cli import add_arguments
+    except ImportError:  # a server-only install has no converter
+        add_arguments = None
+    if add_arguments is not None:
+        add_arguments(conv)
+
+    models = sub.add_parser("models", help="inspect the model repository")
+    msub = models.add_subparsers(dest="models_command", required=True)
+    check = msub.add_parser("check", help="verify files, checksums and manifest; print a summary")
+    check.add_argument("dir", nargs="?", type=Path, default=None)
+
+    args = parser.parse_args(argv)
+    if args.command == "convert":
+        if add_arguments is None:
+            print("chexray convert: the converter is not installed: pip install 'chexray[convert]'")
+            return 2
+        from convert.cli import run
+
+        return run(args, default_model_dir())
+    if args.command == "models" and args.models_command == "check":
+        from server.runtime.manifest import RepositoryError
+        from server.runtime.repository import describe, verify_repository
+
+        directory = args.dir or default_model_dir()
+        try:
+            manifest = verify_repository(directory)
+        except RepositoryError as exc:
+            print(f"chexray models check: error: {exc}")
+            return 2
+        print(describe(manifest, directory))
+        print("\nOK: all files present and intact.")
+        return 0
+    parser.error("unknown command")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,313 @@
+"""Fuses the five members and the CAM network into one ONNX graph, so a batch is one run.
+
+    image uint8 [N, H, W]
+      -> per network: cast, resize to its training size, (x - mean) / std, replicate the
+         grey plane to its channels, its layout (NHWC for Keras, NCHW for torch)
+      -> member probabilities, re-ordered to FINDINGS          member_probabilities [N, M, 5]
+      -> per-finding weighted average (weights normalised)     probabilities [N, 5]
+      -> CAM network: its own probabilities and CAM maps       cam_probabilities [N, 5]
+                                                               cam_maps [N, 5, h, w]
+Only onnx and onnxruntime are used here: no framework is needed to fuse or re-weight.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from convert.errors import ConversionError
+from convert.reference import preprocess, random_images
+from server.runtime.manifest import FINDINGS, Parity, Preprocess
+
+INPUT = "image"
+OUTPUTS = ("probabilities", "member_probabilities", "cam_probabilities", "cam_maps")
+FUSED_TOLERANCE = 1e-5
+FP16_TOLERANCE = 1e-2
+
+
+@dataclass(frozen=True)
+class Part:
+    """One network as the fuser sees it: its ONNX file and what it wants in front."""
+
+    name: str
+    path: Path
+    input_size: tuple[int, int]
+    preprocess: Preprocess
+    output_order: list[str] | None = None  # members only; None for the CAM network
+
+
+class _Builder:
+    def __init__(self) -> None:
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
+
+    def const(self, name: str, value: np.ndarray) -> str:
+        self.inits.append(numpy_helper.from_array(value, name))
+        return name
+
+    def node(self, op: str, inputs: list[str], output: str, **attrs: object) -> str:
+        self.nodes.append(helper.make_node(op, inputs, [output], name=output, **attrs))
+        return output
+
+
+def _prefixed(part: Part, prefix: str) -> onnx.ModelProto:
+    try:
+        model = onnx.load(str(part.path))
+    except Exception as exc:
+        raise ConversionError(f"{part.path}: not a readable ONNX model ({exc})") from None
+    return onnx.compose.add_prefix(model, prefix)
+
+
+def _front(b: _Builder, grey: str, size: tuple[int, int], part: Part, p: str) -> str:
+    """[N, 1, H, W] float grey -> the network's input tensor."""
+    x = grey
+    if tuple(part.input_size) != tuple(size):
+        # sizes = [N, 1, h, w] with N taken from the batch at run time.
+        shape = b.node("Shape", [grey], f"{p}shape", start=0, end=2)
+        hw = b.const(f"{p}hw", np.asarray(part.input_size, np.int64))
+        sizes = b.node("Concat", [shape, hw], f"{p}sizes", axis=0)
+        x = b.node(
+            "Resize",
+            [grey, "", "", sizes],
+            f"{p}resized",
+            mode="linear",
+            coordinate_transformation_mode="half_pixel",
+        )
+    pre = part.preprocess
+    c = pre.channels
+    mean, std = np.asarray(pre.mean[:c], np.float32), np.asarray(pre.std[:c], np.float32)
+    uniform = bool(np.all(mean == mean[0]) and np.all(std == std[0]))
+    if uniform:  # normalise one plane, then replicate: c times less work
+        x = b.node("Sub", [x, b.const(f"{p}mean", mean[:1])], f"{p}centred")
+        x = b.node("Div", [x, b.const(f"{p}std", std[:1])], f"{p}scaled")
+    if pre.layout == "NHWC":
+        x = b.node("Transpose", [x], f"{p}nhwc", perm=[0, 2, 3, 1])
+        axis, stat_shape = 3, (c,)
+    else:
+        axis, stat_shape = 1, (1, c, 1, 1)
+    if c > 1:
+        x = b.node("Concat", [x] * c, f"{p}channels", axis=axis)
+    if not uniform:
+        x = b.node("Sub", [x, b.const(f"{p}mean", mean.reshape(stat_shape))], f"{p}centred")
+        x = b.node("Div", [x, b.const(f"{p}std", std.reshape(stat_shape))], f"{p}scaled")
+    return x
+
+
+def fuse(
+    members: list[Part], cam: Part, weights: list[list[float]], size: tuple[int, int]
+) -> onnx.ModelProto:
+    """Build the fused graph; `weights` is members x findings, already normalised."""
+    if len(weights) != len(members):
+        raise ConversionError(f"weights matrix has {len(weights)} rows for {len(members)} members")
+    b = _Builder()
+    graph_nodes: list[onnx.NodeProto] = []
+    value_info: list[onnx.ValueInfoProto] = []
+    opsets: dict[str, int] = {}
+
+    as_float = b.node("Cast", [INPUT], "image_float", to=TensorProto.FLOAT)
+    grey = b.node("Unsqueeze", [as_float, b.const("axis1", np.asarray([1], np.int64))], "grey")
+
+    def attach(part: Part, prefix: str) -> onnx.GraphProto:
+        model = _prefixed(part, prefix)
+        for op in model.opset_import:
+            opsets[op.domain] = max(opsets.get(op.domain, 0), op.version)
+        g = model.graph
+        if len(g.input) != 1:
+            raise ConversionError(f"{part.path}: expected one input, found {len(g.input)}")
+        net_in = _front(b, grey, size, part, prefix)
+        b.node("Identity", [net_in], g.input[0].name)
+        graph_nodes.extend(g.node)
+        b.inits.extend(g.initializer)
+        value_info.extend(g.value_info)
+        return g
+
+    rows = []
+    for i, part in enumerate(members):
+        prefix = f"m{i}_{part.name}/"
+        g = attach(part, prefix)
+        out = next((o.name for o in g.output if o.name == prefix + "probabilities"), None)
+        if out is None:
+            raise ConversionError(f"{part.path}: no 'probabilities' output")
+        order = part.output_order or list(FINDINGS)
+        if sorted(order) != sorted(FINDINGS):
+            raise ConversionError(
+                f"{part.name}: output order {order} is not a permutation of {FINDINGS}"
+            )
+        perm = np.asarray([order.index(f) for f in FINDINGS], np.int64)
+        ordered = b.node(
+            "Gather", [out, b.const(f"{prefix}perm", perm)], f"{prefix}ordered", axis=1
+        )
+        rows.append(b.node("Unsqueeze", [ordered, "axis1"], f"{prefix}row"))
+    b.node("Concat", rows, "member_probabilities", axis=1)
+    w = b.const("ensemble_weights", np.asarray(weights, np.float32)[None])  # [1, M, 5]
+    weighted = b.node("Mul", ["member_probabilities", w], "weighted")
+    b.node("ReduceSum", [weighted, "axis1"], "probabilities", keepdims=0)
+
+    g = attach(cam, "cam/")
+    b.node("Identity", ["cam/cam_probabilities"], "cam_probabilities")
+    b.node("Identity", ["cam/cam_maps"], "cam_maps")
+    fh, fw = _cam_map_size(g)
+
+    n = "batch"
+    m = len(members)
+    graph = helper.make_graph(
+        b.nodes[:2] + graph_nodes + b.nodes[2:],
+        "chexray_ensemble",
+        [helper.make_tensor_value_info(INPUT, TensorProto.UINT8, [n, *size])],
+        [
+            helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [n, len(FINDINGS)]),
+            helper.make_tensor_value_info(
+                "member_probabilities", TensorProto.FLOAT, [n, m, len(FINDINGS)]
+            ),
+            helper.make_tensor_value_info(
+                "cam_probabilities", TensorProto.FLOAT, [n, len(FINDINGS)]
+            ),
+            helper.make_tensor_value_info(
+                "cam_maps", TensorProto.FLOAT, [n, len(FINDINGS), fh, fw]
+            ),
+        ],
+        initializer=b.inits,
+        value_info=value_info,
+    )
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid(d, v) for d, v in sorted(opsets.items())],
+        producer_name="chexray-convert",
+    )
+    model.ir_version = min(model.ir_version, 9)
+    model = onnx.shape_inference.infer_shapes(model)
+    _topological_sort(model.graph)
+    onnx.checker.check_model(model)
+    return model
+
+
+def _cam_map_size(g: onnx.GraphProto) -> tuple[int | str, int | str]:
+    for o in g.output:
+        if o.name.endswith("cam_maps"):
+            dims = o.type.tensor_type.shape.dim
+            return tuple(d.dim_value if d.HasField("dim_value") else "h" for d in dims[2:4])
+    raise ConversionError("CAM network has no 'cam_maps' output")
+
+
+def _topological_sort(graph: onnx.GraphProto) -> None:
+    """The front-end nodes were built before the networks they feed: order them properly."""
+    available = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    pending = list(graph.node)
+    ordered: list[onnx.NodeProto] = []
+    while pending:
+        rest = []
+        for node in pending:
+            if all(i in available for i in node.input):
+                ordered.append(node)
+                available.update(node.output)
+            else:
+                rest.append(node)
+        if len(rest) == len(pending):
+            raise ConversionError(f"fused graph has unresolved inputs, e.g. {rest[0].input}")
+        pending = rest
+    del graph.node[:]
+    graph.node.extend(ordered)
+
+
+def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
+    """fp16 weights and activations for GPUs; the uint8 input and fp32 outputs are kept."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    return convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=True)
+
+
+def _session(path: Path):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _resize_reference(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The exact Resize the fused graph uses, run alone (no other implementation matches it
+    bit for bit), so that fused-vs-separate parity isolates the graph surgery."""
+    n, h, w = images.shape
+    node = helper.make_node(
+        "Resize",
+        ["x", "", "", "sizes"],
+        ["y"],
+        mode="linear",
+        coordinate_transformation_mode="half_pixel",
+    )
+    graph = helper.make_graph(
+        [node],
+        "resize",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [n, 1, h, w])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        initializer=[numpy_helper.from_array(np.asarray([n, 1, *size], np.int64), "sizes")],
+    )
+    import onnxruntime as ort
+
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    s = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return s.run(None, {"x": images.astype(np.float32)[:, None]})[0][:, 0]
+
+
+def fused_parity(
+    fused_path: Path,
+    members: list[Part],
+    cam: Part,
+    weights: list[list[float]],
+    size: tuple[int, int],
+    samples: int,
+) -> Parity:
+    """Fused graph vs each network's own ONNX file, fed by the NumPy reference front end."""
+    images = random_images(samples, *size, seed=1234)
+    got = dict(zip(OUTPUTS, _session(fused_path).run(list(OUTPUTS), {INPUT: images}), strict=True))
+    diffs = []
+    expected_members = []
+    for part in [*members, cam]:
+        src = (
+            images
+            if tuple(part.input_size) == tuple(size)
+            else _resize_reference(images, part.input_size)
+        )
+        session = _session(part.path)
+        names = [o.name for o in session.get_outputs()]
+        outs = session.run(names, {"input": preprocess(src, part.preprocess)})
+        result = dict(zip(names, outs, strict=True))
+        if part is cam:
+            diffs.append(np.abs(result["cam_probabilities"] - got["cam_probabilities"]).max())
+            scale = max(1.0, float(np.abs(result["cam_maps"]).max()))
+            diffs.append(np.abs(result["cam_maps"] - got["cam_maps"]).max() / scale)
+        else:
+            order = part.output_order or list(FINDINGS)
+            expected_members.append(result["probabilities"][:, [order.index(f) for f in FINDINGS]])
+    stacked = np.stack(expected_members, axis=1)
+    diffs.append(np.abs(stacked - got["member_probabilities"]).max())
+    ensemble = (stacked * np.asarray(weights, np.float32)[None]).sum(axis=1)
+    diffs.append(np.abs(ensemble - got["probabilities"]).max())
+    diff = float(max(diffs))
+    if not diff <= FUSED_TOLERANCE:
+        raise ConversionError(
+            f"{fused_path}: fused graph differs from the separate networks by {diff:.2e} "
+            f"(> {FUSED_TOLERANCE:.0e})"
+        )
+    return Parity(diff, FUSED_TOLERANCE, "separate networks", samples)
+
+
+def fp16_parity(fp32_path: Path, fp16_path: Path, size: tuple[int, int], samples: int) -> Parity:
+    images = random_images(samples, *size, seed=4321)
+    a = _session(fp32_path).run(
+        ["probabilities", "member_probabilities", "cam_probabilities"], {INPUT: images}
+    )
+    b = _session(fp16_path).run(
+        ["probabilities", "member_probabilities", "cam_probabilities"], {INPUT: images}
+    )
+    diff = float(max(np.abs(x - y).max() for x, y in zip(a, b, strict=True)))
+    if not diff <= FP16_TOLERANCE:
+        raise ConversionError(
+            f"{fp16_path}: fp16 graph differs from fp32 by {diff:.2e} (> {FP16_TOLERANCE:.0e})"
+        )
+    return Parity(diff, FP16_TOLERANCE, "fused fp32", samples)

@@ -1,0 +1,1 @@
+"""The engine: model repository, decode, preprocess, batching, onnxruntime sessions."""

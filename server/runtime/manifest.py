@@ -1,0 +1,185 @@
+"""The model repository's manifest: the one contract between `convert` and `server`.
+
+`convert` writes it, the engine reads it. Every field is validated by msgspec on load, so
+a hand-edited or truncated manifest fails with a message that names the field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+
+SCHEMA_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+
+FINDINGS: tuple[str, ...] = (
+    "Atelectasis",
+    "Cardiomegaly",
+    "Consolidation",
+    "Edema",
+    "Pleural Effusion",
+)
+
+
+class Preprocess(msgspec.Struct, frozen=True):
+    """How a network wants its pixels: `(x - mean) / std` per channel, x in 0..255.
+
+    `mode` names the convention it came from ("tf": Keras preprocess_input to [-1, 1];
+    "unit": x / 255; "imagenet": torchvision mean/std). mean and std are in the
+    network's channel order; grey X-rays are replicated to `channels` identical planes.
+    """
+
+    mode: str
+    mean: list[float]
+    std: list[float]
+    channels: int = 3
+    layout: Literal["NHWC", "NCHW"] = "NHWC"
+    resize: Literal["squash"] = "squash"
+
+
+class Parity(msgspec.Struct, frozen=True):
+    """Largest absolute difference between two implementations on random inputs."""
+
+    max_abs_diff: float
+    tolerance: float
+    against: str
+    samples: int
+
+
+class Member(msgspec.Struct, frozen=True):
+    name: str
+    architecture: str
+    input_size: tuple[int, int]  # (height, width) the network was trained at
+    file: str  # relative to the repository
+    sha256: str
+    source: str | None  # the weights file it was converted from; None = random init
+    trained: bool
+    loader: str  # "keras3", "tf_keras" (legacy Keras 2) or "random"
+    preprocess: Preprocess
+    output_order: list[str]  # findings in the order the network emits them
+    parity: Parity
+    build_key: str  # hash of everything that went into the file (for idempotent rebuilds)
+
+
+class CamNetwork(msgspec.Struct, frozen=True):
+    name: str
+    architecture: str
+    input_size: tuple[int, int]
+    file: str
+    sha256: str
+    source: str | None
+    trained: bool
+    preprocess: Preprocess
+    classes: list[str]  # the network's own classes (ChestX-ray14 for CheXNet)
+    class_map: dict[str, int]  # our finding -> index into `classes`
+    feature_map: tuple[int, int, int]  # (channels, height, width) of the last feature map
+    parity: Parity
+    build_key: str
+
+
+class Thresholds(msgspec.Struct, frozen=True):
+    values: list[float]  # per finding, in FINDINGS order
+    source: str
+
+
+class GraphFile(msgspec.Struct, frozen=True):
+    file: str
+    sha256: str
+    dtype: Literal["float32", "float16"]
+    parity: Parity
+    size_bytes: int
+    build_key: str
+
+
+class TensorSpec(msgspec.Struct, frozen=True):
+    name: str
+    dtype: str
+    shape: list[int | str]
+
+
+class Manifest(msgspec.Struct, frozen=True):
+    schema_version: int
+    preset: str
+    version: str  # content hash: changes whenever anything served changes
+    created: str
+    findings: list[str]
+    input: TensorSpec
+    outputs: list[TensorSpec]
+    members: list[Member]
+    weights: list[list[float]]  # members x findings, as given
+    weights_normalised: list[list[float]]  # each finding's column sums to 1
+    thresholds: Thresholds
+    cam: CamNetwork
+    fused: GraphFile
+    fused_fp16: GraphFile | None
+    opset: int
+    versions: dict[str, str]
+
+    @property
+    def trained(self) -> bool:
+        """True only when every network carries trained weights."""
+        return all(m.trained for m in self.members) and self.cam.trained
+
+
+class RepositoryError(Exception):
+    """The model repository is missing, incomplete or corrupted."""
+
+
+def normalise_weights(weights: list[list[float]]) -> list[list[float]]:
+    """Scale each finding's column of a members x findings matrix to sum to 1."""
+    if not weights or any(len(row) != len(FINDINGS) for row in weights):
+        raise ValueError(
+            f"weights must be a members x {len(FINDINGS)} matrix, got "
+            f"{[len(row) for row in weights]}"
+        )
+    if any(w < 0 for row in weights for w in row):
+        raise ValueError("weights must be non-negative")
+    out = [list(map(float, row)) for row in weights]
+    for d, finding in enumerate(FINDINGS):
+        total = sum(row[d] for row in weights)
+        if total <= 0:
+            raise ValueError(f"weights for {finding} sum to 0: at least one member must vote")
+        for row in out:
+            row[d] = row[d] / total
+    return out
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def encode_manifest(manifest: Manifest) -> bytes:
+    return msgspec.json.format(msgspec.json.encode(manifest), indent=2) + b"\n"
+
+
+def decode_manifest(data: bytes, origin: str = MANIFEST_NAME) -> Manifest:
+    try:
+        manifest = msgspec.json.decode(data, type=Manifest)
+    except msgspec.ValidationError as exc:
+        raise RepositoryError(f"{origin}: invalid manifest: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise RepositoryError(f"{origin}: not valid JSON: {exc}") from None
+    if manifest.schema_version != SCHEMA_VERSION:
+        raise RepositoryError(
+            f"{origin}: schema version {manifest.schema_version}, this server reads "
+            f"{SCHEMA_VERSION}: rebuild the repository with `chexray convert`"
+        )
+    if tuple(manifest.findings) != FINDINGS:
+        raise RepositoryError(f"{origin}: findings {manifest.findings} != {list(FINDINGS)}")
+    return manifest
+
+
+def load_manifest(directory: Path) -> Manifest:
+    path = Path(directory) / MANIFEST_NAME
+    if not path.is_file():
+        raise RepositoryError(
+            f"{path}: no manifest: build the model repository with `chexray convert`"
+        )
+    return decode_manifest(path.read_bytes(), str(path))

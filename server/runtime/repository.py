@@ -1,0 +1,98 @@
+"""Checks a model repository on disk and describes it for people."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from server.runtime.manifest import (
+    FINDINGS,
+    Manifest,
+    RepositoryError,
+    load_manifest,
+    sha256_file,
+)
+
+
+def repository_files(manifest: Manifest) -> list[tuple[str, str]]:
+    """Every (relative path, sha256) the manifest promises."""
+    files = [(m.file, m.sha256) for m in manifest.members]
+    files.append((manifest.cam.file, manifest.cam.sha256))
+    files.append((manifest.fused.file, manifest.fused.sha256))
+    if manifest.fused_fp16 is not None:
+        files.append((manifest.fused_fp16.file, manifest.fused_fp16.sha256))
+    return files
+
+
+def verify_repository(directory: Path) -> Manifest:
+    """Load the manifest and check that each file it names is present and intact."""
+    directory = Path(directory)
+    manifest = load_manifest(directory)
+    problems = []
+    for rel, expected in repository_files(manifest):
+        path = directory / rel
+        if not path.is_file():
+            problems.append(f"{path}: missing")
+        elif (actual := sha256_file(path)) != expected:
+            problems.append(
+                f"{path}: corrupted or replaced (sha256 {actual[:12]}…, manifest says "
+                f"{expected[:12]}…)"
+            )
+    if problems:
+        raise RepositoryError(
+            "model repository is damaged:\n  "
+            + "\n  ".join(problems)
+            + "\nrebuild it with `chexray convert`"
+        )
+    return manifest
+
+
+def _mb(path: Path) -> str:
+    return f"{path.stat().st_size / 1e6:7.1f} MB" if path.is_file() else "missing"
+
+
+def describe(manifest: Manifest, directory: Path) -> str:
+    """A plain-text summary: networks, sizes, parity, weights, thresholds, version."""
+    directory = Path(directory)
+    lines = [
+        f"CheXray model repository {directory}",
+        f"  version {manifest.version}  preset {manifest.preset}  created {manifest.created}",
+        f"  input {manifest.input.name} {manifest.input.dtype}{manifest.input.shape}  "
+        f"opset {manifest.opset}",
+    ]
+    if not manifest.trained:
+        lines.append(
+            "  UNTRAINED: some networks carry random weights; predictions are meaningless "
+            "until trained weights are converted (chexray convert --weights DIR)."
+        )
+    lines.append("")
+    lines.append(
+        f"  {'network':<22}{'architecture':<20}{'input':>9}  {'trained':<8}{'size':>10}  parity"
+    )
+    for m in manifest.members:
+        h, w = m.input_size
+        lines.append(
+            f"  {m.name:<22}{m.architecture:<20}{f'{h}x{w}':>9}  {'yes' if m.trained else 'NO':<8}"
+            f"{_mb(directory / m.file):>10}  {m.parity.max_abs_diff:.1e} vs {m.parity.against}"
+        )
+    c = manifest.cam
+    h, w = c.input_size
+    lines.append(
+        f"  {c.name:<22}{c.architecture:<20}{f'{h}x{w}':>9}  {'yes' if c.trained else 'NO':<8}"
+        f"{_mb(directory / c.file):>10}  {c.parity.max_abs_diff:.1e} vs {c.parity.against}"
+    )
+    for g in (manifest.fused, manifest.fused_fp16):
+        if g is None:
+            continue
+        lines.append(
+            f"  {g.file:<22}{'fused ' + g.dtype:<20}{'':>9}  {'':<8}{_mb(directory / g.file):>10}"
+            f"  {g.parity.max_abs_diff:.1e} vs {g.parity.against}"
+        )
+    lines.append("")
+    lines.append(f"  {'':<28}" + "".join(f"{f:>17}" for f in FINDINGS))
+    lines.append(
+        f"  {'threshold':<28}" + "".join(f"{t:>17.4f}" for t in manifest.thresholds.values)
+    )
+    for m, row in zip(manifest.members, manifest.weights_normalised, strict=True):
+        lines.append(f"  {'weight ' + m.name:<28}" + "".join(f"{w:>17.3f}" for w in row))
+    lines.append(f"  thresholds: {manifest.thresholds.source}")
+    return "\n".join(lines)
