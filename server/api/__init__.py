@@ -1,0 +1,1 @@
+"""HTTP only: routes, msgspec request/response Structs, auth guards, error mapping."""

@@ -1,0 +1,1 @@
+"""Heatmaps: CAM maps from the engine's outputs to colour overlay PNGs."""

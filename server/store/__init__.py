@@ -1,0 +1,1 @@
+"""Persistence: SQLModel tables (users, tokens, studies) and the media store."""
