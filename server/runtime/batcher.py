@@ -1,0 +1,182 @@
+"""Dynamic batching on asyncio: many callers' images, one `session.run` per batch.
+
+A batch leaves when it holds `max_batch` images or when its oldest image has waited
+`max_wait_ms` (Triton's max queue delay). The queue is bounded: past `max_queue` waiting
+images `submit` raises Overloaded at once instead of letting memory and latency grow.
+Each instance (one session each) runs its batches in its own worker thread; onnxruntime
+releases the GIL, so the event loop keeps serving meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from server.runtime.metrics import EngineMetrics
+
+RunBatch = Callable[[int, np.ndarray], dict[str, np.ndarray]]  # (instance, batch) -> outputs
+
+
+class Overloaded(Exception):
+    """The queue is full (or the engine is stopping): try again after `retry_after` s."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+@dataclass
+class BatchResult:
+    outputs: dict[str, np.ndarray]  # this image's row of every output
+    queue_s: float  # submit -> its batch started
+    compute_s: float  # the batch's session.run
+    batch_size: int
+
+
+@dataclass
+class _Pending:
+    image: np.ndarray
+    future: asyncio.Future
+    enqueued: float
+
+
+class DynamicBatcher:
+    def __init__(
+        self,
+        run_batch: RunBatch,
+        *,
+        max_batch: int,
+        max_wait_ms: float,
+        max_queue: int,
+        instances: int = 1,
+        metrics: EngineMetrics | None = None,
+    ) -> None:
+        self._run_batch = run_batch
+        self.max_batch, self.max_wait = max_batch, max_wait_ms / 1000.0
+        self.max_queue, self.instances = max_queue, instances
+        self._metrics = metrics
+        self._queue: deque[_Pending] = deque()
+        self._wakeup: asyncio.Event | None = None
+        self._workers: list[asyncio.Task] = []
+        self._executor: ThreadPoolExecutor | None = None
+        self._accepting = False
+        self._busy = 0
+        self._recent_batch_s = 0.0  # for Retry-After: how long a batch takes lately
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
+    def start(self) -> None:
+        if self._workers:
+            return
+        self._wakeup = asyncio.Event()
+        self._executor = ThreadPoolExecutor(self.instances, thread_name_prefix="chexray-run")
+        self._accepting = True
+        self._workers = [
+            asyncio.create_task(self._worker(i), name=f"chexray-batcher-{i}")
+            for i in range(self.instances)
+        ]
+
+    async def stop(self) -> None:
+        """Refuse new work, finish everything already queued or running, then stop."""
+        self._accepting = False
+        if self._wakeup is not None:
+            self._wakeup.set()
+        if self._workers:
+            await asyncio.gather(*self._workers)
+        self._workers = []
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    def _retry_after(self) -> float:
+        batches_ahead = len(self._queue) / self.max_batch / self.instances + 1
+        return max(1.0, round(batches_ahead * max(self._recent_batch_s, 0.05), 1))
+
+    async def submit(self, image: np.ndarray) -> BatchResult:
+        """Queue one preprocessed image; wait for its share of a batch's outputs."""
+        if not self._accepting:
+            raise Overloaded("the engine is not running (starting up or shutting down)", 5.0)
+        if len(self._queue) >= self.max_queue:
+            if self._metrics:
+                self._metrics.rejected.inc()
+            raise Overloaded(
+                f"the inference queue is full ({self.max_queue} images waiting)",
+                self._retry_after(),
+            )
+        future = asyncio.get_running_loop().create_future()
+        self._queue.append(_Pending(image, future, time.perf_counter()))
+        if self._metrics:
+            self._metrics.queue_depth.set(len(self._queue))
+        assert self._wakeup is not None
+        self._wakeup.set()
+        return await future
+
+    def _take(self) -> list[_Pending]:
+        batch: list[_Pending] = []
+        while self._queue and len(batch) < self.max_batch:
+            item = self._queue.popleft()
+            if not item.future.done():  # a caller that gave up leaves no hole in the batch
+                batch.append(item)
+        if self._metrics:
+            self._metrics.queue_depth.set(len(self._queue))
+        return batch
+
+    async def _worker(self, instance: int) -> None:
+        loop = asyncio.get_running_loop()
+        assert self._wakeup is not None
+        while True:
+            while not self._queue:
+                if not self._accepting:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            # Hold the batch open until it is full or its oldest image's wait is over.
+            deadline = self._queue[0].enqueued + self.max_wait
+            while len(self._queue) < self.max_batch and self._accepting:
+                remaining = deadline - time.perf_counter()
+                if remaining <= 0:
+                    break
+                self._wakeup.clear()
+                try:
+                    await asyncio.wait_for(self._wakeup.wait(), remaining)
+                except TimeoutError:
+                    break
+            batch = self._take()
+            if not batch:
+                continue
+            await self._run(loop, instance, batch)
+
+    async def _run(self, loop: asyncio.AbstractEventLoop, instance: int, batch: list[_Pending]):
+        started = time.perf_counter()
+        stacked = np.stack([p.image for p in batch])
+        self._busy += 1
+        try:
+            outputs = await loop.run_in_executor(self._executor, self._run_batch, instance, stacked)
+        except Exception as exc:
+            if self._metrics:
+                self._metrics.errors.labels(kind="inference").inc()
+            for p in batch:
+                if not p.future.done():
+                    p.future.set_exception(exc)
+            return
+        finally:
+            self._busy -= 1
+        compute = time.perf_counter() - started
+        self._recent_batch_s = 0.7 * self._recent_batch_s + 0.3 * compute
+        if self._metrics:
+            self._metrics.observe_batch(len(batch), compute)
+        for i, p in enumerate(batch):
+            queue_s = started - p.enqueued
+            if self._metrics:
+                self._metrics.queue_wait.observe(queue_s)
+            if not p.future.done():
+                row = {name: value[i] for name, value in outputs.items()}
+                p.future.set_result(BatchResult(row, queue_s, compute, len(batch)))

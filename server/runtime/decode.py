@@ -1,0 +1,314 @@
+"""Bytes in, an 8-bit grey X-ray out: PNG and JPEG via OpenCV, DICOM via pydicom.
+
+The format comes from the bytes (never the file name or the client's content type), and
+size limits are checked against the header before anything is decoded, so a small file
+that claims 30000x30000 pixels is refused without allocating them. DICOM patient data
+stays here: the result carries pixels and technical tags only.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+from dataclasses import dataclass, field
+from typing import Literal
+
+import cv2
+import numpy as np
+
+Format = Literal["png", "jpeg", "dicom"]
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+JPEG_MAGIC = b"\xff\xd8\xff"
+
+# Technical DICOM attributes that may leave decode (none identifies a patient).
+DICOM_TECHNICAL_TAGS = (
+    "Modality",
+    "PhotometricInterpretation",
+    "BitsStored",
+    "BitsAllocated",
+    "PixelRepresentation",
+    "Rows",
+    "Columns",
+    "NumberOfFrames",
+    "ViewPosition",
+    "BodyPartExamined",
+    "PixelSpacing",
+    "ImagerPixelSpacing",
+    "WindowCenter",
+    "WindowWidth",
+    "RescaleSlope",
+    "RescaleIntercept",
+)
+
+
+class DecodeError(Exception):
+    """The upload is not an X-ray CheXray can read. `code` is stable; `status` the HTTP one."""
+
+    def __init__(self, code: str, message: str, status: int) -> None:
+        super().__init__(message)
+        self.code, self.message, self.status = code, message, status
+
+
+def empty() -> DecodeError:
+    return DecodeError("empty_image", "the upload is empty: send the image's bytes", 400)
+
+
+def too_large(size: int, limit: int) -> DecodeError:
+    return DecodeError(
+        "image_too_large",
+        f"the upload is {size / 2**20:.1f} MiB; the limit is {limit / 2**20:.0f} MiB",
+        413,
+    )
+
+
+def too_many_pixels(width: int, height: int, limit: int) -> DecodeError:
+    return DecodeError(
+        "image_too_many_pixels",
+        f"the image is {width}x{height} = {width * height / 1e6:.0f} megapixels; the limit is "
+        f"{limit / 1e6:.0f} megapixels: downscale it before sending",
+        413,
+    )
+
+
+def unsupported_format() -> DecodeError:
+    return DecodeError(
+        "unsupported_format",
+        "not a PNG, JPEG or DICOM file (judged from its content, not its name)",
+        415,
+    )
+
+
+def corrupt(kind: str, detail: str) -> DecodeError:
+    return DecodeError("corrupt_image", f"the {kind} file cannot be decoded: {detail}", 422)
+
+
+def zero_sized(kind: str) -> DecodeError:
+    return DecodeError("empty_image", f"the {kind} header says the image has no pixels", 422)
+
+
+@dataclass
+class DecodedImage:
+    pixels: np.ndarray  # uint8 [height, width], air dark (MONOCHROME2 convention)
+    format: Format
+    width: int
+    height: int
+    bit_depth: int  # of the source data
+    notes: list[str] = field(default_factory=list)  # what a user should know, e.g. frames
+    dicom: dict[str, object] = field(default_factory=dict)  # technical tags only
+
+
+def detect_format(data: bytes) -> Format:
+    if data.startswith(PNG_MAGIC):
+        return "png"
+    if data.startswith(JPEG_MAGIC):
+        return "jpeg"
+    if len(data) >= 132 and data[128:132] == b"DICM":
+        return "dicom"
+    raise unsupported_format()
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    if len(data) < 33 or data[12:16] != b"IHDR":
+        raise corrupt("PNG", "no IHDR header (file truncated?)")
+    width, height = struct.unpack(">II", data[16:24])
+    return width, height
+
+
+def jpeg_size(data: bytes) -> tuple[int, int]:
+    """Width and height from the first SOFn marker, without decoding."""
+    i = 2
+    while i + 4 <= len(data):
+        if data[i] != 0xFF:
+            raise corrupt("JPEG", f"bad marker at byte {i}")
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+            i += 2
+            continue
+        (length,) = struct.unpack(">H", data[i + 2 : i + 4])
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            if i + 9 > len(data):
+                break
+            height, width = struct.unpack(">HH", data[i + 5 : i + 9])
+            return width, height
+        i += 2 + length
+    raise corrupt("JPEG", "no frame header (file truncated?)")
+
+
+def _check_pixels(kind: str, width: int, height: int, max_pixels: int) -> None:
+    if width <= 0 or height <= 0:
+        raise zero_sized(kind)
+    if width * height > max_pixels:
+        raise too_many_pixels(width, height, max_pixels)
+
+
+def _to_grey(img: np.ndarray) -> np.ndarray:
+    if img.ndim == 2:
+        return img
+    if img.shape[2] == 4:  # composite over black: transparent means no signal
+        alpha = img[..., 3:4].astype(np.float32) / np.iinfo(img.dtype).max
+        img = (img[..., :3].astype(np.float32) * alpha).astype(img.dtype)
+    return cv2.cvtColor(img[..., :3], cv2.COLOR_BGR2GRAY)
+
+
+def stretch_to_uint8(img: np.ndarray) -> np.ndarray:
+    """Linear min..max -> 0..255, for data deeper than 8 bits with no display window."""
+    img = img.astype(np.float32)
+    lo, hi = float(img.min()), float(img.max())
+    if hi <= lo:
+        return np.zeros(img.shape, np.uint8)
+    return np.rint((img - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+
+
+def _decode_raster(data: bytes, kind: Format, max_pixels: int) -> DecodedImage:
+    width, height = png_size(data) if kind == "png" else jpeg_size(data)
+    name = kind.upper()
+    _check_pixels(name, width, height, max_pixels)
+    if kind == "jpeg":
+        # A truncated JPEG decodes to a grey-padded picture with only a warning: refuse it.
+        sos = data.rfind(b"\xff\xda")
+        if sos < 0 or data.rfind(b"\xff\xd9") < sos:
+            raise corrupt(name, "the image data ends early (file truncated?)")
+        # ANYDEPTH|ANYCOLOR applies the EXIF orientation (UNCHANGED would not).
+        flags = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR
+    else:
+        flags = cv2.IMREAD_UNCHANGED  # keeps 16 bits and alpha
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    if img is None or img.size == 0:
+        raise corrupt(name, "the decoder rejected it (file truncated or damaged?)")
+    bits = 16 if img.dtype == np.uint16 else 8
+    grey = _to_grey(img)
+    pixels = grey if grey.dtype == np.uint8 else stretch_to_uint8(grey)
+    return DecodedImage(np.ascontiguousarray(pixels), kind, pixels.shape[1], pixels.shape[0], bits)
+
+
+def _dicom_tags(ds: object) -> dict[str, object]:
+    tags: dict[str, object] = {}
+    for name in DICOM_TECHNICAL_TAGS:
+        value = getattr(ds, name, None)
+        if value is None or value == "":
+            continue
+        if isinstance(value, str | int | float):
+            tags[name] = value
+        else:
+            try:
+                tags[name] = [float(v) for v in value]
+            except (TypeError, ValueError):
+                tags[name] = str(value)
+    meta = getattr(ds, "file_meta", None)
+    uid = getattr(meta, "TransferSyntaxUID", None)
+    if uid is not None:
+        tags["TransferSyntax"] = f"{uid.name} ({uid})"
+    return tags
+
+
+def _first(value: object) -> float:
+    """A DICOM number that may be multi-valued (several windows): the first."""
+    if isinstance(value, str | bytes):
+        return float(value)
+    try:
+        return float(value[0])  # type: ignore[index]
+    except TypeError:
+        return float(value)  # type: ignore[arg-type]
+
+
+def _window(arr: np.ndarray, ds: object) -> np.ndarray | None:
+    """VOI LUT or window centre/width (first of several) -> float 0..1, or None."""
+    from pydicom.pixels import apply_voi_lut
+
+    if "VOILUTSequence" in ds:
+        out = apply_voi_lut(arr, ds, index=0, prefer_lut=True).astype(np.float32)
+        lut = ds.VOILUTSequence[0]
+        bits = int(lut.LUTDescriptor[2]) if "LUTDescriptor" in lut else 16
+        return np.clip(out / float(2**bits - 1), 0.0, 1.0)
+    if "WindowCenter" not in ds or "WindowWidth" not in ds:
+        return None
+    centre, width = _first(ds.WindowCenter), _first(ds.WindowWidth)
+    if width <= 0:
+        return None
+    function = str(getattr(ds, "VOILUTFunction", "LINEAR")).upper()
+    x = arr.astype(np.float32)
+    if function == "SIGMOID":
+        return 1.0 / (1.0 + np.exp(-4.0 * (x - centre) / width))
+    if function == "LINEAR_EXACT":
+        return np.clip((x - (centre - width / 2)) / width, 0.0, 1.0)
+    if width < 1:  # LINEAR needs width >= 1 (PS3.3 C.11.2.1.2)
+        return None
+    return np.clip((x - (centre - 0.5)) / (width - 1) + 0.5, 0.0, 1.0)
+
+
+def _decode_dicom(data: bytes, max_pixels: int) -> DecodedImage:
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+    from pydicom.pixels import apply_modality_lut
+
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data))
+    except (InvalidDicomError, EOFError, ValueError, struct.error, OSError, KeyError) as exc:
+        raise corrupt("DICOM", f"{type(exc).__name__}: {exc}") from None
+    if "PixelData" not in ds:
+        raise DecodeError(
+            "no_pixel_data",
+            "the DICOM file holds no image (no Pixel Data element: truncated?)",
+            422,
+        )
+    rows, cols = int(getattr(ds, "Rows", 0) or 0), int(getattr(ds, "Columns", 0) or 0)
+    _check_pixels("DICOM", cols, rows, max_pixels)
+    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).upper()
+    syntax = ds.file_meta.TransferSyntaxUID if "TransferSyntaxUID" in ds.file_meta else None
+    try:
+        arr = ds.pixel_array if frames == 1 else ds.pixel_array[0]
+    except (NotImplementedError, RuntimeError) as exc:
+        name = f"{syntax.name} ({syntax})" if syntax is not None else "unknown"
+        raise DecodeError(
+            "unsupported_transfer_syntax",
+            f"unsupported transfer syntax {name}: no installed decoder can read it "
+            f"({exc}); send it uncompressed or as PNG",
+            415,
+        ) from None
+    except Exception as exc:  # damaged pixel data: wrong length, broken codestream
+        raise corrupt("DICOM", f"pixel data: {type(exc).__name__}: {exc}") from None
+    notes = []
+    if frames > 1:
+        notes.append(f"multi-frame DICOM: the first of {frames} frames was analysed")
+    if arr.ndim == 3:  # colour (RGB after pydicom's YBR conversion)
+        if arr.dtype not in (np.uint8, np.uint16):
+            arr = arr.astype(np.float32)
+        grey = cv2.cvtColor(arr, cv2.COLOR_RGB2GRAY)
+        pixels = grey if grey.dtype == np.uint8 else stretch_to_uint8(grey)
+    else:
+        values = apply_modality_lut(arr, ds)
+        windowed = _window(values, ds)
+        if windowed is not None:
+            pixels = np.rint(windowed * 255.0).astype(np.uint8)
+        else:
+            pixels = stretch_to_uint8(values)
+        if photometric == "MONOCHROME1":  # bright air: invert to the MONOCHROME2 convention
+            pixels = 255 - pixels
+            notes.append("MONOCHROME1: inverted so that air is dark")
+    bits = int(getattr(ds, "BitsStored", 8) or 8)
+    return DecodedImage(
+        np.ascontiguousarray(pixels),
+        "dicom",
+        pixels.shape[1],
+        pixels.shape[0],
+        bits,
+        notes,
+        _dicom_tags(ds),
+    )
+
+
+def decode(data: bytes, max_bytes: int, max_pixels: int) -> DecodedImage:
+    """Decode an upload or raise DecodeError with a stable code and an HTTP status."""
+    if not data:
+        raise empty()
+    if len(data) > max_bytes:
+        raise too_large(len(data), max_bytes)
+    kind = detect_format(data)
+    if kind == "dicom":
+        return _decode_dicom(data, max_pixels)
+    return _decode_raster(data, kind, max_pixels)

@@ -1,0 +1,194 @@
+"""The engine: image bytes in, findings, probabilities and CAM maps out. No HTTP here.
+
+decode (thread pool) -> resize (thread pool) -> dynamic batcher -> fused graph (worker
+thread per instance) -> thresholds. Heatmaps are rendered on request, in the pool too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Gauge
+
+from server.cam.render import combined_map, normalise, render_png
+from server.runtime.batcher import DynamicBatcher
+from server.runtime.decode import DecodedImage, DecodeError, decode
+from server.runtime.manifest import FINDINGS, Manifest
+from server.runtime.metrics import EngineMetrics
+from server.runtime.preprocess import resize_for_model
+from server.runtime.repository import verify_repository
+from server.runtime.session import open_session
+from server.settings import Settings
+
+log = logging.getLogger("chexray.runtime")
+
+OUTPUTS = ("probabilities", "member_probabilities", "cam_probabilities", "cam_maps")
+
+
+@dataclass(frozen=True)
+class Timings:
+    decode_ms: float
+    preprocess_ms: float
+    queue_ms: float
+    compute_ms: float  # the whole batch's session.run
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class Prediction:
+    probabilities: np.ndarray  # [5], FINDINGS order
+    calls: np.ndarray  # [5] bool: probability >= threshold
+    thresholds: tuple[float, ...]
+    member_probabilities: dict[str, np.ndarray]  # member -> [5]
+    cam_probabilities: np.ndarray  # [5]
+    cam_maps: np.ndarray  # [5, h, w], raw (ReLU and scaling happen when rendering)
+    model_version: str
+    trained: bool
+    image: DecodedImage
+    timings: Timings
+
+    @property
+    def findings(self) -> tuple[str, ...]:
+        return FINDINGS
+
+
+class Engine:
+    def __init__(self, settings: Settings, registry: CollectorRegistry | None = None) -> None:
+        self.settings = settings
+        self.manifest: Manifest = verify_repository(settings.model_dir)
+        self.metrics = EngineMetrics("ensemble", registry)
+        self.input_size = tuple(int(d) for d in self.manifest.input.shape[1:])
+        self.sessions = [
+            open_session(self.manifest, settings.model_dir, settings.session)
+            for _ in range(settings.instances)
+        ]
+        self.provider = self.sessions[0].get_providers()[0]
+        log.info(
+            "engine: model %s, %d instance(s) on %s, batches of up to %d within %.1f ms",
+            self.manifest.version,
+            settings.instances,
+            self.provider,
+            settings.max_batch,
+            settings.max_wait_ms,
+        )
+        Gauge(
+            "chexray_model_info",
+            "The model being served",
+            ["version", "provider", "trained"],
+            registry=self.metrics.registry,
+        ).labels(self.manifest.version, self.provider, str(self.manifest.trained).lower()).set(1)
+        self.batcher = DynamicBatcher(
+            self._run_batch,
+            max_batch=settings.max_batch,
+            max_wait_ms=settings.max_wait_ms,
+            max_queue=settings.max_queue,
+            instances=settings.instances,
+            metrics=self.metrics,
+        )
+        self._pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="chexray-cpu")
+        self.warmed_up = False
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Run each warm-up batch size once per instance, then accept work."""
+        loop = asyncio.get_running_loop()
+        for n in sorted(
+            {min(n, self.settings.max_batch) for n in self.settings.warmup_batch_sizes}
+        ):
+            batch = np.zeros((n, *self.input_size), np.uint8)
+            for i in range(len(self.sessions)):
+                t = time.perf_counter()
+                await loop.run_in_executor(None, self._run_batch, i, batch)
+                log.info(
+                    "warm-up: batch %d on instance %d in %.0f ms",
+                    n,
+                    i,
+                    (time.perf_counter() - t) * 1e3,
+                )
+        self.batcher.start()
+        self.warmed_up = True
+
+    async def stop(self) -> None:
+        """Stop accepting, finish what is queued, release the pool."""
+        self.warmed_up = False
+        await self.batcher.stop()
+        self._pool.shutdown(wait=True)
+
+    @property
+    def ready(self) -> bool:
+        return self.warmed_up
+
+    # -- work ------------------------------------------------------------------------------
+
+    def _run_batch(self, instance: int, batch: np.ndarray) -> dict[str, np.ndarray]:
+        outputs = self.sessions[instance].run(list(OUTPUTS), {"image": batch})
+        return dict(zip(OUTPUTS, outputs, strict=True))
+
+    def prepare(self, data: bytes) -> tuple[DecodedImage, np.ndarray, float, float]:
+        """Decode and resize (CPU-bound, runs in the pool)."""
+        t0 = time.perf_counter()
+        image = decode(data, self.settings.max_upload_bytes, self.settings.max_pixels)
+        t1 = time.perf_counter()
+        model_input = resize_for_model(image.pixels, self.input_size)
+        return image, model_input, t1 - t0, time.perf_counter() - t1
+
+    async def predict(self, data: bytes) -> Prediction:
+        """Bytes of a PNG, JPEG or DICOM -> Prediction. Raises DecodeError or Overloaded."""
+        self.metrics.requests.inc()
+        loop = asyncio.get_running_loop()
+        try:
+            image, model_input, decode_s, resize_s = await loop.run_in_executor(
+                self._pool, self.prepare, data
+            )
+        except DecodeError as exc:
+            self.metrics.errors.labels(kind=exc.code).inc()
+            raise
+        self.metrics.preprocess.observe(decode_s + resize_s)
+        result = await self.batcher.submit(model_input)
+        out = result.outputs
+        thresholds = self.manifest.thresholds.values
+        probs = out["probabilities"].astype(np.float32)
+        return Prediction(
+            probabilities=probs,
+            calls=probs >= np.asarray(thresholds, np.float32),
+            thresholds=tuple(thresholds),
+            member_probabilities={
+                m.name: out["member_probabilities"][i] for i, m in enumerate(self.manifest.members)
+            },
+            cam_probabilities=out["cam_probabilities"],
+            cam_maps=out["cam_maps"],
+            model_version=self.manifest.version,
+            trained=self.manifest.trained,
+            image=image,
+            timings=Timings(
+                decode_ms=decode_s * 1e3,
+                preprocess_ms=resize_s * 1e3,
+                queue_ms=result.queue_s * 1e3,
+                compute_ms=result.compute_s * 1e3,
+                batch_size=result.batch_size,
+            ),
+        )
+
+    def _render(self, prediction: Prediction, finding: str | None) -> bytes:
+        t = time.perf_counter()
+        if finding is None:
+            cam, _ = combined_map(prediction.cam_maps, prediction.probabilities, prediction.calls)
+        else:
+            cam = normalise(prediction.cam_maps[FINDINGS.index(finding)])
+        png = render_png(prediction.image.pixels, cam, self.settings.heatmap_alpha)
+        self.metrics.render.observe(time.perf_counter() - t)
+        return png
+
+    async def heatmap(self, prediction: Prediction, finding: str | None = None) -> bytes:
+        """PNG overlay at the image's own size: the findings called present combined, or
+        one finding's map. Raises ValueError for an unknown finding."""
+        if finding is not None and finding not in FINDINGS:
+            raise ValueError(f"unknown finding {finding!r}; one of {list(FINDINGS)}")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self._render, prediction, finding)

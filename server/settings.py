@@ -1,0 +1,112 @@
+"""Every knob of the server, read from CHEXRAY_* environment variables in one place.
+
+`Settings.from_env()` is the only reader of the environment; everything else receives a
+Settings (or the part of it that it needs) as an argument.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+
+from server.runtime.session import SessionConfig
+
+PREFIX = "CHEXRAY_"
+
+
+def _decode_path(kind: type, value: object) -> object:
+    if kind is Path and isinstance(value, str | Path):
+        return Path(value)
+    raise NotImplementedError(f"cannot read {kind}")
+
+
+class SettingsError(Exception):
+    """An environment variable holds a value the server cannot use."""
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    model_dir: Path = Path("models_onnx")
+
+    # Uploads: checked before a full decode.
+    max_upload_bytes: int = 32 * 1024 * 1024
+    max_pixels: int = 40_000_000
+
+    # Dynamic batching (Triton's terms): a batch runs when it holds max_batch images or
+    # when its first image has waited max_wait_ms; max_queue bounds what waits.
+    max_batch: int = 8
+    max_wait_ms: float = 5.0
+    max_queue: int = 64
+    instances: int = 1  # sessions running batches side by side (useful on a GPU)
+    warmup_batch_sizes: tuple[int, ...] = (1, 8)
+
+    # onnxruntime.
+    provider: Literal["auto", "cuda", "cpu"] = "auto"
+    intra_op_threads: int = 0
+    allow_spinning: bool = False
+    cpu_mem_arena: bool = False
+    graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
+    device_id: int = 0
+    gpu_mem_limit: int = 6 * 1024**3
+    arena_extend_strategy: Literal["kNextPowerOfTwo", "kSameAsRequested"] = "kSameAsRequested"
+    cudnn_conv_algo_search: Literal["EXHAUSTIVE", "HEURISTIC", "DEFAULT"] = "HEURISTIC"
+    fp16_on_gpu: bool = True
+
+    # Heatmaps.
+    heatmap_alpha: float = 0.45
+    decode_threads: int = 2  # decoding and rendering, off the event loop
+
+    def __post_init__(self) -> None:
+        positive = (
+            "max_upload_bytes",
+            "max_pixels",
+            "max_batch",
+            "max_queue",
+            "instances",
+            "decode_threads",
+        )
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{PREFIX}{name.upper()} must be at least 1")
+        if self.max_wait_ms < 0:
+            raise SettingsError(f"{PREFIX}MAX_WAIT_MS must be >= 0")
+        if not 0.0 <= self.heatmap_alpha <= 1.0:
+            raise SettingsError(f"{PREFIX}HEATMAP_ALPHA must be between 0 and 1")
+
+    @property
+    def session(self) -> SessionConfig:
+        return SessionConfig(
+            provider=self.provider,
+            intra_op_threads=self.intra_op_threads,
+            allow_spinning=self.allow_spinning,
+            cpu_mem_arena=self.cpu_mem_arena,
+            graph_optimization=self.graph_optimization,
+            device_id=self.device_id,
+            gpu_mem_limit=self.gpu_mem_limit,
+            arena_extend_strategy=self.arena_extend_strategy,
+            cudnn_conv_algo_search=self.cudnn_conv_algo_search,
+            fp16_on_gpu=self.fp16_on_gpu,
+        )
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides: object) -> Settings:
+        """Read CHEXRAY_<FIELD> variables; lists are comma-separated ("1,8")."""
+        env = os.environ if environ is None else environ
+        raw: dict[str, object] = {}
+        for name in cls.__struct_fields__:
+            value = env.get(PREFIX + name.upper())
+            if value is None:
+                continue
+            raw[name] = (
+                [v.strip() for v in value.split(",") if v.strip()]
+                if name.endswith("sizes")
+                else value
+            )
+        raw.update(overrides)
+        try:
+            return msgspec.convert(raw, cls, strict=False, dec_hook=_decode_path)
+        except msgspec.ValidationError as exc:
+            field = str(exc).rsplit("$.", 1)[-1].rstrip("`")
+            raise SettingsError(f"{PREFIX}{field.upper()}: {exc}") from None

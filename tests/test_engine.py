@@ -1,0 +1,119 @@
+"""The engine end to end on the tiny repository: bytes in, findings and heatmaps out."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from prometheus_client import generate_latest
+
+from server.runtime.decode import DecodeError
+from server.runtime.engine import Engine
+from server.runtime.manifest import FINDINGS
+from server.settings import Settings, SettingsError
+from tests.images import anatomy, dicom, png
+
+
+@pytest.fixture(scope="module")
+def results(tiny_repo: Path):
+    """One engine run: a PNG, a DICOM, a bad upload, heatmaps; checked by the tests below."""
+    upload = png(np.rint(anatomy(300, 260) * 255).astype(np.uint8))
+
+    async def main():
+        engine = Engine(Settings(model_dir=tiny_repo, max_batch=4, warmup_batch_sizes=(1, 4)))
+        await engine.start()
+        assert engine.ready
+        try:
+            p = await engine.predict(upload)
+            d = await engine.predict(dicom(np.rint(anatomy() * 4095).astype(np.uint16)))
+            combined = await engine.heatmap(p)
+            single = await engine.heatmap(p, "Edema")
+            with pytest.raises(DecodeError) as bad:
+                await engine.predict(b"not an image at all")
+            with pytest.raises(ValueError, match="unknown finding 'Fracture'"):
+                await engine.heatmap(p, "Fracture")
+        finally:
+            await engine.stop()
+        assert not engine.ready
+        return engine, p, d, combined, single, bad.value
+
+    return asyncio.run(main())
+
+
+def test_prediction_fields(results) -> None:
+    engine, p, _, _, _, _ = results
+    m = engine.manifest
+    assert p.findings == FINDINGS and p.probabilities.shape == (5,)
+    assert p.thresholds == tuple(m.thresholds.values)
+    np.testing.assert_array_equal(p.calls, p.probabilities >= np.asarray(p.thresholds, np.float32))
+    assert p.model_version == m.version and p.trained is False
+    assert list(p.member_probabilities) == [x.name for x in m.members]
+    weights = np.asarray(m.weights_normalised)
+    members = np.stack(list(p.member_probabilities.values()))
+    np.testing.assert_allclose(p.probabilities, (members * weights).sum(0), atol=1e-6)
+    assert p.cam_maps.shape == (5, *m.cam.feature_map[1:])
+    t = p.timings
+    assert t.batch_size == 1 and t.compute_ms > 0 and t.decode_ms > 0 and t.queue_ms >= 0
+    assert (p.image.width, p.image.height, p.image.format) == (260, 300, "png")
+
+
+def test_dicom_prediction_keeps_only_technical_tags(results) -> None:
+    _, _, d, _, _, _ = results
+    assert d.image.format == "dicom" and "PatientName" not in d.image.dicom
+
+
+def test_heatmaps_have_the_image_size(results) -> None:
+    _, p, _, combined, single, _ = results
+    for data in (combined, single):
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        assert img.shape == (300, 260, 3)
+    assert combined != single or p.calls.sum() == 0
+
+
+def test_bad_upload_is_a_typed_error_and_counted(results) -> None:
+    engine, _, _, _, _, bad = results
+    assert (bad.code, bad.status) == ("unsupported_format", 415)
+    text = generate_latest(engine.metrics.registry).decode()
+    assert 'chexray_engine_errors_total{kind="unsupported_format",model="ensemble"} 1.0' in text
+    assert 'chexray_engine_requests_total{model="ensemble"} 3.0' in text
+    assert 'chexray_engine_batch_size_count{model="ensemble"} 2.0' in text
+    assert "chexray_engine_queue_wait_seconds_bucket" in text
+    assert 'provider="CPUExecutionProvider"' in text
+
+
+def test_provider_in_use_is_logged(tiny_repo: Path, caplog) -> None:
+    with caplog.at_level(logging.INFO, logger="chexray.runtime"):
+        Engine(Settings(model_dir=tiny_repo, provider="cpu"))
+    assert "ensemble.onnx (float32) on CPUExecutionProvider" in caplog.text
+
+
+def test_cuda_without_a_gpu_says_what_to_install(tiny_repo: Path) -> None:
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this machine has the CUDA provider")
+    with pytest.raises(RuntimeError, match="install the gpu extra"):
+        Engine(Settings(model_dir=tiny_repo, provider="cuda"))
+
+
+def test_settings_from_environment() -> None:
+    s = Settings.from_env(
+        {
+            "CHEXRAY_MAX_BATCH": "16",
+            "CHEXRAY_WARMUP_BATCH_SIZES": "1,4,16",
+            "CHEXRAY_ALLOW_SPINNING": "true",
+            "CHEXRAY_MODEL_DIR": "/srv/models",
+        }
+    )
+    assert (s.max_batch, s.warmup_batch_sizes, s.allow_spinning) == (16, (1, 4, 16), True)
+    assert s.model_dir == Path("/srv/models") and s.session.allow_spinning
+    with pytest.raises(SettingsError, match="CHEXRAY_MAX_BATCH"):
+        Settings.from_env({"CHEXRAY_MAX_BATCH": "many"})
+    with pytest.raises(SettingsError, match="CHEXRAY_MAX_QUEUE must be at least 1"):
+        Settings.from_env({"CHEXRAY_MAX_QUEUE": "0"})
+    with pytest.raises(SettingsError, match="CHEXRAY_PROVIDER"):
+        Settings.from_env({"CHEXRAY_PROVIDER": "tpu"})
