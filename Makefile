@@ -15,12 +15,13 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-# Builds the model repository if missing or out of date (idempotent), then verifies it.
+# Builds the model repository if missing (the default preset), then starts the server on
+# CHEXRAY_HOST:CHEXRAY_PORT (127.0.0.1:8000) with SQLite and media under CHEXRAY_DATA_DIR.
 serve: $(STAMP)
-	$(BIN)/chexray convert --preset $(PRESET)
-	$(BIN)/chexray models check
+	$(BIN)/chexray serve --preset $(PRESET)
 
 test: $(STAMP)
+	scripts/ensure-postgres.sh
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest

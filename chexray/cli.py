@@ -16,6 +16,20 @@ def default_model_dir() -> Path:
     return Path(os.environ.get("CHEXRAY_MODEL_DIR", "models_onnx"))
 
 
+def settings_help() -> str:
+    from server.settings import PREFIX, Settings
+
+    lines = ["settings (environment variables; CHEXRAY_CONFIG may name a TOML file of them):"]
+    defaults = Settings()
+    for name in Settings.__struct_fields__:
+        value = getattr(defaults, name)
+        if isinstance(value, tuple):
+            value = ",".join(map(str, value))
+        lines.append(f"  {PREFIX}{name.upper():<28} default: {value if value != '' else '(empty)'}")
+    lines.append("  (CHEXRAY_DATABASE_URL empty: sqlite:///<CHEXRAY_DATA_DIR>/chexray.db)")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="chexray", description="Chest X-ray inference server.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -27,6 +41,26 @@ def main(argv: list[str] | None = None) -> int:
         add_arguments = None
     if add_arguments is not None:
         add_arguments(conv)
+
+    serve = sub.add_parser(
+        "serve",
+        help="start the HTTP server (builds the model repository first if it is missing)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=settings_help(),
+    )
+    serve.add_argument("--host", help="overrides CHEXRAY_HOST")
+    serve.add_argument("--port", type=int, help="overrides CHEXRAY_PORT")
+    serve.add_argument(
+        "--preset",
+        choices=["default", "tiny"],
+        default="default",
+        help="what to build when the model repository is missing",
+    )
+    serve.add_argument(
+        "--no-build",
+        action="store_true",
+        help="fail instead of building a missing model repository",
+    )
 
     models = sub.add_parser("models", help="inspect the model repository")
     msub = models.add_subparsers(dest="models_command", required=True)
@@ -41,6 +75,11 @@ def main(argv: list[str] | None = None) -> int:
         from convert.cli import run
 
         return run(args, default_model_dir())
+    if args.command == "serve":
+        from server.main import serve
+
+        overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+        return serve(overrides, preset=args.preset, build=not args.no_build)
     if args.command == "models" and args.models_command == "check":
         from server.runtime.manifest import RepositoryError
         from server.runtime.repository import describe, verify_repository

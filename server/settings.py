@@ -28,6 +28,18 @@ class SettingsError(Exception):
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    # Server.
+    host: str = "127.0.0.1"
+    port: int = 8000
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    data_dir: Path = Path("data")  # SQLite file and media (images, heatmaps)
+    database_url: str = ""  # empty: sqlite:///<data_dir>/chexray.db
+    cors_origins: tuple[str, ...] = ()
+    token_lifetime_hours: float = 24 * 14
+    # Login and register attempts per client address and per username: N per S seconds.
+    auth_rate_limit: str = "10/60"
+    cookie_secure: bool = False  # set true behind HTTPS
+
     model_dir: Path = Path("models_onnx")
 
     # Uploads: checked before a full decode.
@@ -74,6 +86,26 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise SettingsError(f"{PREFIX}MAX_WAIT_MS must be >= 0")
         if not 0.0 <= self.heatmap_alpha <= 1.0:
             raise SettingsError(f"{PREFIX}HEATMAP_ALPHA must be between 0 and 1")
+        try:
+            count, seconds = (float(x) for x in self.auth_rate_limit.split("/"))
+            assert count >= 1 and seconds > 0
+        except (ValueError, AssertionError):
+            raise SettingsError(
+                f"{PREFIX}AUTH_RATE_LIMIT must look like 10/60 (attempts per seconds)"
+            ) from None
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'chexray.db'}"
+
+    @property
+    def media_dir(self) -> Path:
+        return self.data_dir / "media"
+
+    @property
+    def rate_limit(self) -> tuple[int, float]:
+        count, seconds = self.auth_rate_limit.split("/")
+        return int(float(count)), float(seconds)
 
     @property
     def session(self) -> SessionConfig:

@@ -59,3 +59,19 @@ def encode_png(bgr: np.ndarray) -> bytes:
 
 def render_png(image: np.ndarray, cam: np.ndarray, alpha: float) -> bytes:
     return encode_png(overlay(image, cam, alpha))
+
+
+def heatmap_png(
+    pixels: np.ndarray,
+    cam_maps: np.ndarray,
+    probabilities: np.ndarray,
+    calls: np.ndarray,
+    finding: int | None,
+    alpha: float,
+) -> bytes:
+    """The overlay PNG for one finding (its index), or for the findings called present."""
+    if finding is None:
+        cam, _ = combined_map(cam_maps, probabilities, calls)
+    else:
+        cam = normalise(cam_maps[finding])
+    return render_png(pixels, cam, alpha)

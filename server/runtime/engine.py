@@ -9,13 +9,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Gauge
 
-from server.cam.render import combined_map, normalise, render_png
+from server.cam.render import heatmap_png
 from server.runtime.batcher import DynamicBatcher
 from server.runtime.decode import DecodedImage, DecodeError, decode
 from server.runtime.manifest import FINDINGS, Manifest
@@ -26,6 +28,7 @@ from server.runtime.session import open_session
 from server.settings import Settings
 
 log = logging.getLogger("chexray.runtime")
+T = TypeVar("T")
 
 OUTPUTS = ("probabilities", "member_probabilities", "cam_probabilities", "cam_maps")
 
@@ -175,20 +178,38 @@ class Engine:
             ),
         )
 
-    def _render(self, prediction: Prediction, finding: str | None) -> bytes:
+    def _render(self, pixels, cam_maps, probabilities, calls, finding: str | None) -> bytes:
         t = time.perf_counter()
-        if finding is None:
-            cam, _ = combined_map(prediction.cam_maps, prediction.probabilities, prediction.calls)
-        else:
-            cam = normalise(prediction.cam_maps[FINDINGS.index(finding)])
-        png = render_png(prediction.image.pixels, cam, self.settings.heatmap_alpha)
+        index = None if finding is None else FINDINGS.index(finding)
+        png = heatmap_png(
+            pixels, cam_maps, probabilities, calls, index, self.settings.heatmap_alpha
+        )
         self.metrics.render.observe(time.perf_counter() - t)
         return png
 
-    async def heatmap(self, prediction: Prediction, finding: str | None = None) -> bytes:
+    async def render_heatmap(
+        self,
+        pixels: np.ndarray,
+        cam_maps: np.ndarray,
+        probabilities: np.ndarray,
+        calls: np.ndarray,
+        finding: str | None = None,
+    ) -> bytes:
         """PNG overlay at the image's own size: the findings called present combined, or
         one finding's map. Raises ValueError for an unknown finding."""
         if finding is not None and finding not in FINDINGS:
             raise ValueError(f"unknown finding {finding!r}; one of {list(FINDINGS)}")
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, self._render, prediction, finding)
+        return await self.run_cpu(self._render, pixels, cam_maps, probabilities, calls, finding)
+
+    async def heatmap(self, prediction: Prediction, finding: str | None = None) -> bytes:
+        return await self.render_heatmap(
+            prediction.image.pixels,
+            prediction.cam_maps,
+            prediction.probabilities,
+            prediction.calls,
+            finding,
+        )
+
+    async def run_cpu(self, fn: Callable[..., T], *args: object) -> T:
+        """CPU-bound work (encoding, decoding) in the engine's pool, off the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)

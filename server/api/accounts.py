@@ -1,0 +1,195 @@
+"""Accounts: register, log in and out, profile, password, account deletion."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from litestar import Request, Response, delete, get, patch, post
+from litestar.params import JSONBody
+
+from server.api.auth import (
+    Principal,
+    clear_session_cookies,
+    client_key,
+    set_session_cookies,
+)
+from server.api.deps import AuthDep, DbDep, LimiterDep, MediaDep, SettingsDep
+from server.api.errors import ApiError
+from server.api.ratelimit import RateLimiter
+from server.api.schemas import (
+    LoginIn,
+    PasswordChange,
+    PasswordChanged,
+    Profile,
+    ProfilePatch,
+    RegisterIn,
+    TokenOut,
+)
+from server.settings import Settings
+from server.store import accounts
+from server.store.db import Database
+from server.store.models import User
+from server.store.passwords import policy_problems
+
+
+def rate_limit(limiter: RateLimiter, request: Request, username: str) -> None:
+    wait = limiter.hit(client_key(request), f"user:{username.lower()}")
+    if wait is not None:
+        seconds = int(wait + 0.999)
+        raise ApiError(
+            429,
+            "rate_limited",
+            f"too many attempts; try again in {seconds} s",
+            headers={"Retry-After": str(seconds)},
+        )
+
+
+def check_new_password(
+    password: str, password2: str, username: str, field: str = "password"
+) -> None:
+    if password != password2:
+        raise ApiError(422, "password_mismatch", "the two passwords differ", {"field": field})
+    problems = policy_problems(password, username)
+    if problems:
+        raise ApiError(
+            422,
+            "weak_password",
+            "the password " + " and ".join(problems),
+            {"field": field, "problems": problems},
+        )
+
+
+def profile(db: Database, user: User) -> Profile:
+    with db.session() as s:
+        count = accounts.study_count(s, user.id)
+    return Profile(user.id, user.username, user.email, user.full_name, user.date_joined, count)
+
+
+def register_user(
+    db: Database, username: str, password: str, email: str | None, full_name: str
+) -> User:
+    with db.session() as s:
+        try:
+            return accounts.create_user(s, username, password, email, full_name)
+        except accounts.UsernameTaken:
+            raise ApiError(
+                409, "username_taken", f"the username {username!r} is taken", {"field": "username"}
+            ) from None
+
+
+def issue(db: Database, user: User, settings: Settings, kind: str):
+    with db.session() as s:
+        return accounts.issue_token(
+            s, user.id, dt.timedelta(hours=settings.token_lifetime_hours), kind
+        )
+
+
+def login_user(db: Database, username: str, password: str) -> User:
+    with db.session() as s:
+        user = accounts.authenticate(s, username, password)
+    if user is None:
+        raise ApiError(401, "invalid_credentials", "wrong username or password")
+    return user
+
+
+@post("/api/v1/auth/register", status_code=201, tags=["accounts"])
+async def register(
+    request: Request, data: JSONBody[RegisterIn], db: DbDep, limiter: LimiterDep
+) -> Profile:
+    """Create an account (the seed's form: username, email, password, password2)."""
+    rate_limit(limiter, request, data.username)
+    check_new_password(data.password, data.password2, data.username)
+    user = await db.run(register_user, db, data.username, data.password, data.email, data.full_name)
+    return await db.run(profile, db, user)
+
+
+@post("/api/v1/auth/login", status_code=200, tags=["accounts"])
+async def login(
+    request: Request, data: JSONBody[LoginIn], db: DbDep, limiter: LimiterDep, settings: SettingsDep
+) -> Response[TokenOut]:
+    """Exchange a username and password for a bearer token, or (cookie=true) a session
+    cookie for the web app plus the CSRF token to echo in X-CSRF-Token."""
+    rate_limit(limiter, request, data.username)
+    user = await db.run(login_user, db, data.username, data.password)
+    kind = "session" if data.cookie else "bearer"
+    raw, token = await db.run(issue, db, user, settings, kind)
+    body = TokenOut(
+        token=None if data.cookie else raw,
+        token_type="Bearer",
+        expires_at=token.expires_at,
+        user=await db.run(profile, db, user),
+    )
+    response = Response(body)
+    if data.cookie:
+        body.csrf_token = set_session_cookies(response, raw, token.expires_at, settings)
+    return response
+
+
+def _revoke(db: Database, raw: str) -> None:
+    with db.session() as s:
+        accounts.revoke_token(s, raw)
+
+
+@post("/api/v1/auth/logout", status_code=204, tags=["accounts"])
+async def logout(auth: AuthDep, db: DbDep) -> Response[None]:
+    """Revoke the token (or session) this request was made with."""
+    await db.run(_revoke, db, auth.raw_token)
+    response = Response(None, status_code=204)
+    clear_session_cookies(response)
+    return response
+
+
+@get("/api/v1/me", tags=["accounts"])
+async def get_me(auth: AuthDep, db: DbDep) -> Profile:
+    return await db.run(profile, db, auth.user)
+
+
+def _patch(db: Database, user: User, data: JSONBody[ProfilePatch]) -> Profile:
+    with db.session() as s:
+        updated = accounts.update_profile(s, user, data.email, data.full_name)
+    return profile(db, updated)
+
+
+@patch("/api/v1/me", tags=["accounts"])
+async def patch_me(auth: AuthDep, data: JSONBody[ProfilePatch], db: DbDep) -> Profile:
+    """Change email or full name."""
+    return await db.run(_patch, db, auth.user, data)
+
+
+def _change_password(db: Database, auth: Principal, data: JSONBody[PasswordChange]) -> int:
+    with db.session() as s:
+        if accounts.authenticate(s, auth.user.username, data.current_password) is None:
+            raise ApiError(
+                401,
+                "invalid_credentials",
+                "the current password is wrong",
+                {"field": "current_password"},
+            )
+        check_new_password(
+            data.new_password, data.new_password2, auth.user.username, "new_password"
+        )
+        accounts.set_password(s, auth.user, data.new_password)
+        return accounts.revoke_other_tokens(s, auth.user_id, auth.token.id)
+
+
+@post("/api/v1/me/password", status_code=200, tags=["accounts"])
+async def change_password(
+    auth: AuthDep, data: JSONBody[PasswordChange], db: DbDep
+) -> PasswordChanged:
+    """Change the password; every other token and session of the account is revoked."""
+    return PasswordChanged(await db.run(_change_password, db, auth, data))
+
+
+def _delete_account(db: Database, user_id: int) -> list[str]:
+    with db.session() as s:
+        return accounts.delete_user(s, user_id)
+
+
+@delete("/api/v1/me", status_code=204, tags=["accounts"])
+async def delete_me(auth: AuthDep, db: DbDep, media: MediaDep) -> Response[None]:
+    """Delete the account, its tokens, its studies and their files."""
+    for study_id in await db.run(_delete_account, db, auth.user_id):
+        media.delete_study(study_id)
+    response = Response(None, status_code=204)
+    clear_session_cookies(response)
+    return response

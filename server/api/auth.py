@@ -1,0 +1,123 @@
+"""Who is calling: a bearer token (Authorization: Bearer, or the seed's Token scheme), or
+the web app's HttpOnly session cookie, which must come with a matching CSRF header on
+unsafe methods. Dependencies `principal` (optional) and `auth` (required)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hmac
+import secrets
+from dataclasses import dataclass
+
+from litestar import Request, Response
+from litestar.di import NamedDependency
+
+from server.api.errors import ApiError
+from server.settings import Settings
+from server.store import accounts
+from server.store.db import Database
+from server.store.models import Token, User
+
+SESSION_COOKIE = "chexray_session"
+CSRF_COOKIE = "chexray_csrf"
+CSRF_HEADER = "x-csrf-token"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+@dataclass(frozen=True)
+class Principal:
+    user: User
+    token: Token
+    raw_token: str
+    via: str  # "header" or "cookie"
+
+    @property
+    def user_id(self) -> int:
+        assert self.user.id is not None
+        return self.user.id
+
+
+def _credential(request: Request) -> tuple[str, str] | None:
+    header = request.headers.get("authorization")
+    if header:
+        scheme, _, raw = header.strip().partition(" ")
+        if scheme.lower() not in ("bearer", "token") or not raw.strip():
+            raise ApiError(
+                401,
+                "invalid_credentials",
+                "Authorization must be 'Bearer <token>' (or 'Token <token>')",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        return raw.strip(), "header"
+    cookie = request.cookies.get(SESSION_COOKIE)
+    return (cookie, "cookie") if cookie else None
+
+
+async def provide_principal(request: Request, db: NamedDependency[Database]) -> Principal | None:
+    found = _credential(request)
+    if found is None:
+        return None
+    raw, via = found
+    row = await db.run(_lookup, db, raw)
+    if row is None:
+        raise ApiError(
+            401,
+            "invalid_token",
+            "the token is unknown, expired or revoked: log in again",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    if via == "cookie" and request.method not in SAFE_METHODS:
+        sent = request.headers.get(CSRF_HEADER, "")
+        expected = request.cookies.get(CSRF_COOKIE, "")
+        if not sent or not expected or not hmac.compare_digest(sent, expected):
+            raise ApiError(
+                403,
+                "csrf_failed",
+                f"a cookie-authenticated {request.method} needs the {CSRF_HEADER} header "
+                f"carrying the {CSRF_COOKIE} cookie's value",
+            )
+    user, token = row
+    return Principal(user, token, raw, via)
+
+
+def _lookup(db: Database, raw: str):
+    with db.session() as s:
+        return accounts.user_for_token(s, raw)
+
+
+async def provide_auth(principal: NamedDependency[Principal | None]) -> Principal:
+    if principal is None:
+        raise ApiError(
+            401,
+            "not_authenticated",
+            "sign in first: send 'Authorization: Bearer <token>'",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    return principal
+
+
+def client_key(request: Request) -> str:
+    return f"ip:{request.client.host if request.client else 'unknown'}"
+
+
+def set_session_cookies(
+    response: Response, raw: str, expires: dt.datetime, settings: Settings
+) -> str:
+    """The session cookie (HttpOnly: scripts cannot read it) and a readable CSRF cookie
+    whose value the web app echoes in X-CSRF-Token."""
+    csrf = secrets.token_urlsafe(24)
+    max_age = int((expires - dt.datetime.now(dt.UTC)).total_seconds())
+    common = {
+        "path": "/",
+        "secure": settings.cookie_secure,
+        "samesite": "strict",
+        "max_age": max_age,
+    }
+    response.set_cookie(SESSION_COOKIE, raw, httponly=True, **common)
+    response.set_cookie(CSRF_COOKIE, csrf, httponly=False, **common)
+    return csrf
+
+
+def clear_session_cookies(response: Response) -> None:
+    response.delete_cookie(SESSION_COOKIE, path="/")
+    response.delete_cookie(CSRF_COOKIE, path="/")

@@ -1,0 +1,121 @@
+"""Every error leaves as JSON {code, message, detail, request_id} with the right status.
+
+Bad input is always a 4xx with a stable code; only a bug becomes a 500, and that is
+logged with the request id the client also receives.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from litestar import MediaType, Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+
+from server.api.schemas import Error
+from server.runtime.batcher import Overloaded
+from server.runtime.decode import DecodeError
+
+log = logging.getLogger("chexray.api")
+
+STATUS_CODES = {
+    400: "bad_request",
+    401: "not_authenticated",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "unprocessable",
+    429: "rate_limited",
+    503: "unavailable",
+}
+
+
+class ApiError(Exception):
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        detail: object | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+        self.detail, self.headers = detail, headers or {}
+
+
+def not_found(what: str = "study") -> ApiError:
+    return ApiError(404, "not_found", f"no such {what}")
+
+
+def request_id(request: Request) -> str | None:
+    return request.scope.get("state", {}).get("request_id")
+
+
+def _respond(request: Request, status: int, code: str, message: str, detail=None, headers=None):
+    body = Error(code, message, detail, request_id(request))
+    return Response(body, status_code=status, media_type=MediaType.JSON, headers=headers or {})
+
+
+def handle_api_error(request: Request, exc: ApiError) -> Response:
+    return _respond(request, exc.status, exc.code, exc.message, exc.detail, exc.headers)
+
+
+def handle_decode_error(request: Request, exc: DecodeError) -> Response:
+    return _respond(request, exc.status, exc.code, exc.message)
+
+
+def handle_overloaded(request: Request, exc: Overloaded) -> Response:
+    seconds = max(1, round(exc.retry_after))
+    return _respond(
+        request,
+        503,
+        "overloaded",
+        f"{exc}; retry in {seconds} s",
+        None,
+        {"Retry-After": str(seconds)},
+    )
+
+
+def handle_validation(request: Request, exc: ValidationException) -> Response:
+    return _respond(
+        request,
+        400,
+        "invalid_request",
+        "the request does not match the schema: see detail",
+        exc.extra,
+    )
+
+
+def handle_http(request: Request, exc: HTTPException) -> Response:
+    status = exc.status_code
+    if status >= 500:
+        return handle_unexpected(request, exc)
+    code = STATUS_CODES.get(status, "http_error")
+    message = exc.detail or code.replace("_", " ")
+    if status == 413:
+        message = "the request body is larger than this server accepts"
+    return _respond(request, status, code, message, None, exc.headers)
+
+
+def handle_unexpected(request: Request, exc: Exception) -> Response:
+    rid = request_id(request)
+    log.exception("unexpected error (request %s) on %s %s", rid, request.method, request.url.path)
+    return _respond(
+        request,
+        500,
+        "internal_error",
+        f"unexpected server error; quote request id {rid} when reporting it",
+    )
+
+
+EXCEPTION_HANDLERS = {
+    ApiError: handle_api_error,
+    DecodeError: handle_decode_error,
+    Overloaded: handle_overloaded,
+    ValidationException: handle_validation,
+    HTTPException: handle_http,
+    Exception: handle_unexpected,
+}

@@ -1,0 +1,89 @@
+"""Health, readiness, Prometheus metrics and the model summary."""
+
+from __future__ import annotations
+
+from litestar import Response, get
+from litestar.datastructures import State
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from server.api.deps import DbDep, EngineDep, SettingsDep
+from server.api.schemas import Health, MemberInfo, ModelsOut
+from server.runtime.engine import Engine
+from server.runtime.manifest import FINDINGS
+
+
+@get("/health/live", tags=["operations"])
+async def live() -> Health:
+    """The process is up."""
+    return Health("ok")
+
+
+@get("/health/ready", tags=["operations"])
+async def ready(state: State, db: DbDep) -> Response[Health]:
+    """Models loaded, warm-up done and the database reachable; 503 otherwise."""
+    engine: Engine | None = state.get("engine")
+    checks = {
+        "models_loaded": engine is not None,
+        "warmed_up": bool(engine and engine.ready),
+        "database": await db.run(db.ping),
+    }
+    ok = all(checks.values())
+    return Response(Health("ready" if ok else "not_ready", checks), status_code=200 if ok else 503)
+
+
+@get("/metrics", tags=["operations"], media_type=CONTENT_TYPE_LATEST)
+async def metrics(state: State) -> Response[bytes]:
+    """Prometheus text format: HTTP by route and status, and the engine's metrics."""
+    return Response(generate_latest(state.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@get("/api/v1/models", tags=["models"])
+async def models(engine: EngineDep, settings: SettingsDep) -> ModelsOut:
+    """What is being served: members, sizes, trained or not, weights, thresholds, version."""
+    m = engine.manifest
+    directory = settings.model_dir
+
+    def size(rel: str) -> int:
+        path = directory / rel
+        return path.stat().st_size if path.is_file() else 0
+
+    members = [
+        MemberInfo(
+            x.name,
+            x.architecture,
+            x.input_size,
+            x.trained,
+            x.file,
+            size(x.file),
+            x.parity.max_abs_diff,
+            dict(zip(FINDINGS, m.weights_normalised[i], strict=True)),
+        )
+        for i, x in enumerate(m.members)
+    ]
+    c = m.cam
+    cam = MemberInfo(
+        c.name,
+        c.architecture,
+        c.input_size,
+        c.trained,
+        c.file,
+        size(c.file),
+        c.parity.max_abs_diff,
+        {},
+    )
+    h, w = (int(d) for d in m.input.shape[1:])
+    return ModelsOut(
+        version=m.version,
+        preset=m.preset,
+        trained=m.trained,
+        provider=engine.provider,
+        findings=list(FINDINGS),
+        thresholds=dict(zip(FINDINGS, m.thresholds.values, strict=True)),
+        thresholds_source=m.thresholds.source,
+        input_size=(h, w),
+        members=members,
+        cam_network=cam,
+        fused_file=m.fused.file,
+        max_batch=settings.max_batch,
+        max_wait_ms=settings.max_wait_ms,
+    )

@@ -1,0 +1,58 @@
+"""POST /api/v1/predictions: analyse one X-ray."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from litestar import Request, post
+from litestar.params import Parameter
+
+from server.api.analysis import analyse
+from server.api.deps import DbDep, EngineDep, MediaDep, PrincipalDep
+from server.api.errors import ApiError
+from server.api.schemas import StudyOut
+from server.api.uploads import read_upload
+
+
+@post("/api/v1/predictions", status_code=200, tags=["predictions"])
+async def create_prediction(
+    request: Request,
+    engine: EngineDep,
+    db: DbDep,
+    media: MediaDep,
+    principal: PrincipalDep,
+    store: bool = Parameter(
+        default=False, description="keep an anonymous study (reachable by its id, never listed)"
+    ),
+    heatmap: Literal["inline", "url", "none"] | None = Parameter(
+        default=None,
+        description="inline: base64 PNG in the body (default when not stored); url: links "
+        "only (default when stored); none",
+    ),
+) -> StudyOut:
+    """Analyse a chest X-ray: PNG, JPEG or DICOM, as multipart (`image` file, optional
+    `title`) or as the raw body (`image/png`, `image/jpeg`, `application/dicom`).
+
+    Signed-in users' predictions become studies in their history; anonymous ones are
+    stored only with `store=true`.
+    """
+    data, title = await read_upload(request)
+    stored = principal is not None or store
+    mode = heatmap or ("url" if stored else "inline")
+    if mode == "url" and not stored:
+        raise ApiError(
+            400,
+            "heatmap_url_needs_storage",
+            "heatmap=url needs a stored study: sign in or add store=true",
+        )
+    out, _ = await analyse(
+        engine,
+        db,
+        media,
+        data,
+        title=title,
+        owner_id=principal.user_id if principal else None,
+        store=stored,
+        inline_heatmap=mode == "inline",
+    )
+    return out

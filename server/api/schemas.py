@@ -1,0 +1,180 @@
+"""Request and response bodies: msgspec Structs, from which Litestar builds the OpenAPI."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta
+
+Username = Annotated[str, Meta(min_length=1, max_length=150, pattern=r"^[\w.@+-]+$")]
+Email = Annotated[str, Meta(max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")]
+Password = Annotated[str, Meta(min_length=1, max_length=1024)]
+
+
+class Error(msgspec.Struct):
+    code: str
+    message: str
+    detail: object | None = None
+    request_id: str | None = None
+
+
+# -- accounts ---------------------------------------------------------------------------
+
+
+class RegisterIn(msgspec.Struct, forbid_unknown_fields=True):
+    username: Username
+    email: Email
+    password: Password
+    password2: Password
+    full_name: Annotated[str, Meta(max_length=200)] = ""
+
+
+class LoginIn(msgspec.Struct, forbid_unknown_fields=True):
+    username: Annotated[str, Meta(max_length=150)]
+    password: Password
+    # true: set an HttpOnly session cookie (the web app) instead of returning the token
+    cookie: bool = False
+
+
+class Profile(msgspec.Struct):
+    id: int
+    username: str
+    email: str | None
+    full_name: str
+    date_joined: dt.datetime
+    study_count: int
+
+
+class TokenOut(msgspec.Struct):
+    token: str | None  # None when the credential went into a cookie
+    token_type: Literal["Bearer"]
+    expires_at: dt.datetime
+    user: Profile
+    csrf_token: str | None = None  # cookie mode: send it back as X-CSRF-Token
+
+
+class ProfilePatch(msgspec.Struct, forbid_unknown_fields=True):
+    email: Email | None = None
+    full_name: Annotated[str, Meta(max_length=200)] | None = None
+
+
+class PasswordChange(msgspec.Struct, forbid_unknown_fields=True):
+    current_password: Password
+    new_password: Password
+    new_password2: Password
+
+
+class PasswordChanged(msgspec.Struct):
+    revoked_tokens: int
+
+
+# -- predictions and studies ------------------------------------------------------------
+
+
+class Finding(msgspec.Struct):
+    name: str
+    probability: float
+    threshold: float
+    present: bool
+    cam_probability: float  # the CAM network's own estimate
+
+
+class Member(msgspec.Struct):
+    name: str
+    probabilities: dict[str, float]
+
+
+class ImageInfo(msgspec.Struct):
+    format: str
+    width: int
+    height: int
+    bit_depth: int
+    notes: list[str]
+
+
+class Timings(msgspec.Struct):
+    decode_ms: float
+    preprocess_ms: float
+    queue_ms: float
+    compute_ms: float
+    batch_size: int
+    heatmap_ms: float | None = None
+    total_ms: float | None = None
+
+
+class Urls(msgspec.Struct):
+    study: str
+    image: str
+    heatmap: str
+    heatmaps: dict[str, str]  # per finding
+
+
+class StudyOut(msgspec.Struct):
+    id: str | None  # None: not stored
+    stored: bool
+    title: str
+    created_at: dt.datetime
+    model_version: str
+    trained: bool
+    findings: list[Finding]
+    present: list[str]
+    members: list[Member]
+    image: ImageInfo
+    timings: Timings
+    urls: Urls | None = None
+    heatmap_png_base64: str | None = None
+    warnings: list[str] = []
+
+
+class StudySummary(msgspec.Struct):
+    id: str
+    title: str
+    created_at: dt.datetime
+    present: list[str]
+    probabilities: dict[str, float]
+    urls: Urls
+
+
+class StudyPage(msgspec.Struct):
+    items: list[StudySummary]
+    page: int
+    per_page: int
+    total: int
+    pages: int
+
+
+# -- models and operations --------------------------------------------------------------
+
+
+class MemberInfo(msgspec.Struct):
+    name: str
+    architecture: str
+    input_size: tuple[int, int]
+    trained: bool
+    file: str
+    size_bytes: int
+    parity_max_abs_diff: float
+    weights: dict[str, float]  # normalised, per finding
+
+
+class ModelsOut(msgspec.Struct):
+    version: str
+    preset: str
+    trained: bool
+    provider: str
+    findings: list[str]
+    thresholds: dict[str, float]
+    thresholds_source: str
+    input_size: tuple[int, int]
+    members: list[MemberInfo]
+    cam_network: MemberInfo
+    fused_file: str
+    max_batch: int
+    max_wait_ms: float
+
+
+class Health(msgspec.Struct):
+    status: Literal["ok", "ready", "not_ready"]
+    checks: dict[str, bool] = {}

@@ -1,0 +1,35 @@
+"""Reading an X-ray from a request: multipart (`image` file, optional `title`) or a raw
+image body. The bytes' format is judged later by decode, from their content."""
+
+from __future__ import annotations
+
+from litestar import Request
+from litestar.datastructures import UploadFile
+
+from server.api.errors import ApiError
+
+RAW_TYPES = ("image/png", "image/jpeg", "application/dicom", "application/octet-stream")
+
+
+async def read_upload(request: Request) -> tuple[bytes, str]:
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "multipart/form-data":
+        form = await request.form()
+        image = form.get("image")
+        title = form.get("title") or ""
+        if not isinstance(image, UploadFile):
+            raise ApiError(
+                400, "missing_image", "the multipart form needs a file field named 'image'"
+            )
+        if not isinstance(title, str) or len(title) > 200:
+            raise ApiError(400, "invalid_title", "title must be text of at most 200 characters")
+        return await image.read(), title.strip()
+    if content_type in RAW_TYPES:
+        title = request.query_params.get("title", "")
+        return await request.body(), title.strip()[:200]
+    raise ApiError(
+        415,
+        "unsupported_media_type",
+        "send multipart/form-data with an 'image' file, or the image itself as the body "
+        f"with Content-Type one of {', '.join(RAW_TYPES)}",
+    )

@@ -1,0 +1,59 @@
+"""`chexray serve`: settings, model repository, logging, then the ASGI server."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+
+from server.runtime.manifest import MANIFEST_NAME, RepositoryError
+from server.runtime.repository import verify_repository
+from server.settings import Settings, SettingsError
+
+
+def serve(overrides: dict[str, object], preset: str = "default", build: bool = True) -> int:
+    try:
+        settings = Settings.from_env(**overrides)
+    except SettingsError as exc:
+        print(f"chexray serve: {exc}")
+        return 2
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if not (settings.model_dir / MANIFEST_NAME).is_file():
+        if not build:
+            print(f"chexray serve: no model repository in {settings.model_dir}")
+            return 2
+        print(f"No model repository in {settings.model_dir}: building the '{preset}' preset.")
+        # The converter runs in its own process: the server never imports it.
+        cmd = [
+            sys.executable,
+            "-m",
+            "chexray.cli",
+            "convert",
+            "--preset",
+            preset,
+            "--out",
+            str(settings.model_dir),
+        ]
+        if subprocess.run(cmd).returncode != 0:
+            return 2
+    try:
+        verify_repository(settings.model_dir)
+    except RepositoryError as exc:
+        print(f"chexray serve: {exc}")
+        return 2
+
+    import uvicorn
+
+    from server.app import create_app
+
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        proxy_headers=True,
+        timeout_graceful_shutdown=30,
+    )
+    return 0

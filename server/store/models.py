@@ -1,0 +1,68 @@
+"""The database tables: users, their API/session tokens, and studies (one X-ray each)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import JSON, Column
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class User(SQLModel, table=True):
+    __tablename__ = "users"
+
+    id: int | None = Field(default=None, primary_key=True)
+    username: str = Field(index=True, unique=True, max_length=150)
+    email: str | None = Field(default=None, max_length=254)
+    full_name: str = Field(default="", max_length=200)
+    password_hash: str = Field(max_length=200)
+    date_joined: dt.datetime = Field(default_factory=utcnow)
+
+
+class Token(SQLModel, table=True):
+    """A bearer or session token. Only its SHA-256 is stored: a leaked table opens nothing."""
+
+    __tablename__ = "tokens"
+
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: int = Field(foreign_key="users.id", index=True, ondelete="CASCADE")
+    token_hash: str = Field(index=True, unique=True, max_length=64)
+    kind: str = Field(default="bearer", max_length=16)  # "bearer" or "session"
+    created_at: dt.datetime = Field(default_factory=utcnow)
+    expires_at: dt.datetime
+    revoked_at: dt.datetime | None = None
+
+
+class Study(SQLModel, table=True):
+    """One analysed X-ray. `id` is random and unguessable: anonymous studies are reachable
+    by it alone and never listed."""
+
+    __tablename__ = "studies"
+
+    id: str = Field(primary_key=True, max_length=32)
+    owner_id: int | None = Field(
+        default=None, foreign_key="users.id", index=True, ondelete="CASCADE"
+    )
+    title: str = Field(default="", max_length=200)
+    created_at: dt.datetime = Field(default_factory=utcnow, index=True)
+    model_version: str = Field(max_length=64)
+    trained: bool
+    # Per finding, FINDINGS order.
+    probabilities: list[float] = Field(sa_column=Column(JSON, nullable=False))
+    calls: list[bool] = Field(sa_column=Column(JSON, nullable=False))
+    thresholds: list[float] = Field(sa_column=Column(JSON, nullable=False))
+    cam_probabilities: list[float] = Field(sa_column=Column(JSON, nullable=False))
+    member_probabilities: dict = Field(sa_column=Column(JSON, nullable=False))
+    cam_maps: list = Field(sa_column=Column(JSON, nullable=False))  # [5][h][w], to redraw
+    # Present findings as "|Edema|Cardiomegaly|" so history can filter with LIKE.
+    present: str = Field(default="|", max_length=200, index=True)
+    image_format: str = Field(max_length=8)
+    width: int
+    height: int
+    bit_depth: int
+    notes: list[str] = Field(sa_column=Column(JSON, nullable=False))
+    timings: dict = Field(sa_column=Column(JSON, nullable=False))

@@ -1,0 +1,76 @@
+"""Helpers for API tests: an app on the tiny repository, ready to answer."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+from litestar.testing import TestClient
+
+from server.app import create_app
+from server.settings import Settings
+from tests.images import anatomy, png
+
+PASSWORD = "correct horse battery"
+
+
+@contextlib.contextmanager
+def client(repo: Path, data_dir: Path, database_url: str = "", **settings) -> Iterator[TestClient]:
+    settings.setdefault("auth_rate_limit", "1000/60")
+    app = create_app(
+        Settings(
+            model_dir=repo,
+            data_dir=data_dir,
+            database_url=database_url,
+            warmup_batch_sizes=(1,),
+            **settings,
+        )
+    )
+    with TestClient(app) as c:
+        deadline = time.monotonic() + 30
+        while c.get("/health/ready").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        yield c
+
+
+def xray(seed: int = 0, size: tuple[int, int] = (240, 200)) -> bytes:
+    return png(np.rint(anatomy(*size, seed=seed) * 255).astype(np.uint8))
+
+
+def register(c: TestClient, username: str, password: str = PASSWORD) -> dict[str, str]:
+    r = c.post(
+        "/api/v1/auth/register",
+        json={
+            "username": username,
+            "email": f"{username}@example.org",
+            "password": password,
+            "password2": password,
+        },
+    )
+    assert r.status_code == 201, r.text
+    r = c.post("/api/v1/auth/login", json={"username": username, "password": password})
+    assert r.status_code == 200, r.text
+    return {"Authorization": f"Bearer {r.json()['token']}"}
+
+
+def upload(c: TestClient, headers: dict | None = None, seed: int = 0, **params) -> dict:
+    r = c.post(
+        "/api/v1/predictions",
+        files={"image": ("x.png", xray(seed), "image/png")},
+        data={"title": f"study {seed}"},
+        headers=headers or {},
+        params=params,
+    )
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def error(r, status: int, code: str) -> dict:
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert body["code"] == code, body
+    assert body["message"] and body["request_id"] == r.headers["x-request-id"]
+    return body

@@ -1,0 +1,132 @@
+"""POST /api/v1/predictions: anonymous and signed in, inline or stored, and bad input."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from tests.api import client, error, register, upload, xray
+from tests.images import dicom, png_header_only
+
+
+@pytest.fixture
+def c(tiny_repo: Path, tmp_path: Path):
+    with client(tiny_repo, tmp_path, max_upload_bytes=200_000) as c:
+        yield c
+
+
+def test_anonymous_prediction_has_an_inline_heatmap_and_is_not_stored(c) -> None:
+    body = upload(c)
+    assert body["id"] is None and body["stored"] is False and body["urls"] is None
+    assert [f["name"] for f in body["findings"]] == [
+        "Atelectasis",
+        "Cardiomegaly",
+        "Consolidation",
+        "Edema",
+        "Pleural Effusion",
+    ]
+    for f in body["findings"]:
+        assert 0 <= f["probability"] <= 1 and f["present"] == (f["probability"] >= f["threshold"])
+    assert body["trained"] is False and "not trained" in body["warnings"][0]
+    assert len(body["members"]) == 5 and body["model_version"].startswith("tiny-")
+    assert body["timings"]["compute_ms"] > 0 and body["timings"]["total_ms"] > 0
+    heat = cv2.imdecode(np.frombuffer(base64.b64decode(body["heatmap_png_base64"]), np.uint8), 1)
+    assert heat.shape == (240, 200, 3)
+    assert body["title"] == "study 0"
+
+
+def test_raw_body_dicom_and_anonymous_storage(c) -> None:
+    data = dicom(np.rint(np.linspace(0, 4095, 200 * 240)).reshape(240, 200).astype(np.uint16))
+    r = c.post(
+        "/api/v1/predictions",
+        content=data,
+        headers={"content-type": "application/dicom"},
+        params={"store": "true"},
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["stored"] and body["id"] and body["heatmap_png_base64"] is None
+    assert body["image"]["format"] == "dicom"
+    # Reachable by its unguessable id without credentials, stored as PNG, never as DICOM.
+    image = c.get(body["urls"]["image"])
+    assert image.status_code == 200 and image.content[:8] == b"\x89PNG\r\n\x1a\n"
+    assert c.get(body["urls"]["heatmap"]).headers["content-type"] == "image/png"
+    assert c.get(body["urls"]["study"]).json()["id"] == body["id"]
+
+
+def test_heatmap_modes(c) -> None:
+    assert upload(c, heatmap="none")["heatmap_png_base64"] is None
+    error(
+        c.post(
+            "/api/v1/predictions",
+            files={"image": ("x.png", xray(), "image/png")},
+            params={"heatmap": "url"},
+        ),
+        400,
+        "heatmap_url_needs_storage",
+    )
+    stored = upload(c, store="true", heatmap="inline")
+    assert stored["heatmap_png_base64"] and stored["urls"]
+    error(
+        c.post(
+            "/api/v1/predictions",
+            content=xray(),
+            params={"heatmap": "sideways"},
+            headers={"content-type": "image/png"},
+        ),
+        400,
+        "invalid_request",
+    )
+
+
+def test_signed_in_predictions_become_studies(c) -> None:
+    h = register(c, "alice")
+    body = upload(c, h)
+    assert body["stored"] and body["urls"]["heatmaps"]["Pleural Effusion"].endswith(
+        "/heatmap/pleural_effusion"
+    )
+    assert body["heatmap_png_base64"] is None
+    assert c.get("/api/v1/studies", headers=h).json()["total"] == 1
+
+
+@pytest.mark.parametrize(
+    ("content", "content_type", "status", "code"),
+    [
+        (b"this is a text file named x.png\n", "image/png", 415, "unsupported_format"),
+        (b"", "image/png", 400, "empty_image"),
+        (png_header_only(30000, 30000), "image/png", 413, "image_too_many_pixels"),
+        (xray()[:300], "image/png", 422, "corrupt_image"),
+        (b"\x89PNG" + b"\0" * 300_000, "image/png", 413, "image_too_large"),
+        (b"{}", "application/json", 415, "unsupported_media_type"),
+    ],
+)
+def test_bad_uploads(c, content: bytes, content_type: str, status: int, code: str) -> None:
+    r = c.post("/api/v1/predictions", content=content, headers={"content-type": content_type})
+    error(r, status, code)
+
+
+def test_body_over_the_server_limit(c) -> None:
+    r = c.post(
+        "/api/v1/predictions", content=b"\0" * 1_400_000, headers={"content-type": "image/png"}
+    )
+    error(r, 413, "payload_too_large")
+
+
+def test_multipart_without_an_image(c) -> None:
+    r = c.post("/api/v1/predictions", files={"picture": ("x.png", xray(), "image/png")})
+    error(r, 400, "missing_image")
+    r = c.post("/api/v1/predictions", files={"image": ("x.txt", b"hello", "text/plain")})
+    error(r, 415, "unsupported_format")
+
+
+def test_request_id_is_echoed(c) -> None:
+    r = c.post(
+        "/api/v1/predictions",
+        content=b"",
+        headers={"content-type": "image/png", "x-request-id": "abc-123"},
+    )
+    assert r.headers["x-request-id"] == "abc-123" and r.json()["request_id"] == "abc-123"
