@@ -31,7 +31,10 @@ def client(repo: Path, data_dir: Path, database_url: str = "", **settings) -> It
     )
     with TestClient(app) as c:
         deadline = time.monotonic() + 30
-        while c.get("/health/ready").status_code != 200 and time.monotonic() < deadline:
+        while time.monotonic() < deadline:
+            r = c.get("/health/ready")
+            if r.status_code == 200 or r.json().get("error"):
+                break
             time.sleep(0.05)
         yield c
 

@@ -28,7 +28,8 @@ async def ready(state: State, db: DbDep) -> Response[Health]:
         "database": await db.run(db.ping),
     }
     ok = all(checks.values())
-    return Response(Health("ready" if ok else "not_ready", checks), status_code=200 if ok else 503)
+    body = Health("ready" if ok else "not_ready", checks, state.get("engine_error"))
+    return Response(body, status_code=200 if ok else 503)
 
 
 @get("/metrics", tags=["operations"], media_type=CONTENT_TYPE_LATEST)

@@ -175,6 +175,7 @@ class ModelsOut(msgspec.Struct):
     max_wait_ms: float
 
 
-class Health(msgspec.Struct):
+class Health(msgspec.Struct, omit_defaults=True):
     status: Literal["ok", "ready", "not_ready"]
     checks: dict[str, bool] = {}
+    error: str | None = None  # why the models failed to load
