@@ -1,0 +1,128 @@
+"""A real `chexray serve` process over real HTTP: the README's flows, then concurrent
+anonymous predictions (none lost, none mixed up), then a clean shutdown."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.api import PASSWORD, xray
+from tests.conftest import ROOT, free_port
+
+
+@pytest.fixture(scope="module")
+def server(tiny_repo: Path, tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("server")
+    shutil.copytree(tiny_repo, root / "models")
+    port = free_port()
+    env = {
+        **os.environ,
+        "CHEXRAY_MODEL_DIR": str(root / "models"),
+        "CHEXRAY_DATA_DIR": str(root / "data"),
+        "CHEXRAY_PORT": str(port),
+        "CHEXRAY_MAX_BATCH": "8",
+        "CHEXRAY_MAX_WAIT_MS": "20",
+        "CHEXRAY_AUTH_RATE_LIMIT": "1000/60",
+        "CHEXRAY_LOG_LEVEL": "warning",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "chexray.cli", "serve", "--no-build"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(base + "/health/ready", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None:
+            pytest.fail(f"server exited: {proc.stdout.read()}")
+        time.sleep(0.2)
+    else:
+        proc.kill()
+        pytest.fail("server did not become ready in 60 s")
+    yield base, proc
+    if proc.poll() is None:
+        proc.kill()
+
+
+def test_readme_flows_over_http(server) -> None:
+    base, _ = server
+    with httpx.Client(base_url=base, timeout=30) as h:
+        r = h.post("/api/v1/predictions", files={"image": ("chest.png", xray(), "image/png")})
+        assert r.status_code == 200 and r.json()["heatmap_png_base64"]
+        r = h.post(
+            "/api/v1/auth/register",
+            json={
+                "username": "alice",
+                "email": "alice@example.org",
+                "password": PASSWORD,
+                "password2": PASSWORD,
+            },
+        )
+        assert r.status_code == 201
+        token = h.post(
+            "/api/v1/auth/login", json={"username": "alice", "password": PASSWORD}
+        ).json()["token"]
+        auth = {"Authorization": f"Bearer {token}"}
+        study = h.post(
+            "/api/v1/predictions",
+            headers=auth,
+            data={"title": "follow-up"},
+            files={"image": ("chest.png", xray(1), "image/png")},
+        ).json()
+        history = h.get("/api/v1/studies", headers=auth).json()
+        assert [s["id"] for s in history["items"]] == [study["id"]]
+        heat = h.get(study["urls"]["heatmap"], headers=auth)
+        assert heat.status_code == 200 and heat.content.startswith(b"\x89PNG")
+        assert h.get(study["urls"]["heatmap"]).status_code == 404
+
+
+def test_concurrent_anonymous_predictions_are_neither_lost_nor_mixed_up(server) -> None:
+    base, _ = server
+    uploads = [xray(seed=100 + i, size=(200 + i, 180)) for i in range(48)]
+
+    def predict(data: bytes) -> list[float]:
+        with httpx.Client(base_url=base, timeout=60) as h:
+            r = h.post(
+                "/api/v1/predictions",
+                content=data,
+                params={"heatmap": "none"},
+                headers={"content-type": "image/png"},
+            )
+            assert r.status_code == 200, r.text
+            return [f["probability"] for f in r.json()["findings"]], r.json()["timings"]
+
+    alone = np.array([predict(u)[0] for u in uploads])
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(predict, uploads))
+    together = np.array([p for p, _ in results])
+    assert together.shape == (48, 5)
+    np.testing.assert_allclose(together, alone, atol=1e-5)
+    distance = np.abs(together[:, None] - alone[None]).sum(-1)
+    assert (distance.argmin(1) == np.arange(48)).all()
+    assert max(t["batch_size"] for _, t in results) > 1
+
+
+def test_sigterm_shuts_down_cleanly(server) -> None:
+    _, proc = server
+    proc.send_signal(signal.SIGTERM)
+    # uvicorn finishes in-flight requests, stops the engine, then re-raises the signal.
+    assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
+    assert "Traceback" not in proc.stdout.read()
