@@ -19,7 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from convert.reference import random_images
 from server.runtime.manifest import load_manifest
-from server.runtime.session import SessionConfig, open_session
+from server.runtime.session import open_session
+from server.settings import Settings
 
 
 def cpu_model() -> str:
@@ -56,7 +57,7 @@ def main() -> int:
     args = p.parse_args()
 
     manifest = load_manifest(args.repo)
-    config = SessionConfig(
+    config = Settings(
         provider=args.provider, intra_op_threads=args.threads, allow_spinning=args.spinning
     )
     t = time.perf_counter()

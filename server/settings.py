@@ -12,8 +12,6 @@ from typing import Literal
 
 import msgspec
 
-from server.runtime.session import SessionConfig
-
 PREFIX = "CHEXRAY_"
 
 
@@ -106,21 +104,6 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     def rate_limit(self) -> tuple[int, float]:
         count, seconds = self.auth_rate_limit.split("/")
         return int(float(count)), float(seconds)
-
-    @property
-    def session(self) -> SessionConfig:
-        return SessionConfig(
-            provider=self.provider,
-            intra_op_threads=self.intra_op_threads,
-            allow_spinning=self.allow_spinning,
-            cpu_mem_arena=self.cpu_mem_arena,
-            graph_optimization=self.graph_optimization,
-            device_id=self.device_id,
-            gpu_mem_limit=self.gpu_mem_limit,
-            arena_extend_strategy=self.arena_extend_strategy,
-            cudnn_conv_algo_search=self.cudnn_conv_algo_search,
-            fp16_on_gpu=self.fp16_on_gpu,
-        )
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: object) -> Settings:

@@ -67,7 +67,7 @@ class Engine:
         self.metrics = EngineMetrics("ensemble", registry)
         self.input_size = tuple(int(d) for d in self.manifest.input.shape[1:])
         self.sessions = [
-            open_session(self.manifest, settings.model_dir, settings.session)
+            open_session(self.manifest, settings.model_dir, settings)
             for _ in range(settings.instances)
         ]
         self.provider = self.sessions[0].get_providers()[0]

@@ -3,32 +3,15 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING
 
 from server.runtime.manifest import GraphFile, Manifest
 
+if TYPE_CHECKING:
+    from server.settings import Settings
+
 log = logging.getLogger("chexray.runtime")
-
-Provider = Literal["auto", "cuda", "cpu"]
-
-
-@dataclass(frozen=True)
-class SessionConfig:
-    provider: Provider = "auto"
-    intra_op_threads: int = 0  # 0: onnxruntime's choice (one per physical core)
-    # Spin-waiting threads burn the cores the event loop and decoding need between runs.
-    allow_spinning: bool = False
-    # The CPU arena keeps peak activations for good; without it RSS stays lower at no
-    # measurable cost for this graph.
-    cpu_mem_arena: bool = False
-    graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
-    device_id: int = 0
-    gpu_mem_limit: int = 6 * 1024**3
-    arena_extend_strategy: Literal["kNextPowerOfTwo", "kSameAsRequested"] = "kSameAsRequested"
-    cudnn_conv_algo_search: Literal["EXHAUSTIVE", "HEURISTIC", "DEFAULT"] = "HEURISTIC"
-    fp16_on_gpu: bool = True
 
 
 def _cuda_available() -> bool:
@@ -37,8 +20,12 @@ def _cuda_available() -> bool:
     return "CUDAExecutionProvider" in ort.get_available_providers()
 
 
-def open_session(manifest: Manifest, directory: Path, config: SessionConfig):
-    """One InferenceSession of the fused graph (fp16 on CUDA when the manifest has it)."""
+def open_session(manifest: Manifest, directory: Path, config: Settings):
+    """One InferenceSession of the fused graph (fp16 on CUDA when the manifest has it).
+
+    Spin-waiting threads (off by default) burn the cores the event loop and decoding need
+    between runs; without the CPU memory arena (off by default) RSS stays lower at no
+    measurable cost for this graph."""
     import onnxruntime as ort
 
     use_cuda = config.provider == "cuda" or (config.provider == "auto" and _cuda_available())
