@@ -130,3 +130,21 @@ def test_request_id_is_echoed(c) -> None:
         headers={"content-type": "image/png", "x-request-id": "abc-123"},
     )
     assert r.headers["x-request-id"] == "abc-123" and r.json()["request_id"] == "abc-123"
+
+
+def test_inline_image_and_cam_maps_for_client_side_heatmaps(c) -> None:
+    data = dicom(np.rint(np.linspace(0, 4095, 200 * 240)).reshape(240, 200).astype(np.uint16))
+    r = c.post(
+        "/api/v1/predictions",
+        content=data,
+        params={"image": "inline"},
+        headers={"content-type": "application/dicom"},
+    )
+    body = r.json()
+    image = cv2.imdecode(
+        np.frombuffer(base64.b64decode(body["image_png_base64"]), np.uint8), cv2.IMREAD_UNCHANGED
+    )
+    assert image.shape == (240, 200) and image.dtype == np.uint8  # grey, as decoded
+    maps = np.asarray(body["cam_maps"])
+    assert maps.shape == (5, 4, 4)  # the tiny CAM network's 4x4 feature map
+    assert upload(c)["image_png_base64"] is None

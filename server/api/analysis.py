@@ -73,7 +73,11 @@ def present_of(study: Study) -> list[str]:
 
 
 def study_out(
-    study: Study, stored: bool, heatmap_b64: str | None = None, extra_timings: dict | None = None
+    study: Study,
+    stored: bool,
+    heatmap_b64: str | None = None,
+    extra_timings: dict | None = None,
+    image_b64: str | None = None,
 ) -> StudyOut:
     warnings = []
     if not study.trained:
@@ -108,6 +112,8 @@ def study_out(
         timings=Timings(**{**study.timings, **(extra_timings or {})}),
         urls=urls(study.id) if stored else None,
         heatmap_png_base64=heatmap_b64,
+        image_png_base64=image_b64,
+        cam_maps=study.cam_maps,
         warnings=warnings,
     )
 
@@ -129,6 +135,7 @@ async def analyse(
     owner_id: int | None,
     store: bool,
     inline_heatmap: bool,
+    inline_image: bool = False,
 ) -> tuple[StudyOut, Study]:
     """Predict; store the decoded image (PNG: never the DICOM, so no patient data at rest),
     the combined heatmap and the study when asked; return the response body."""
@@ -142,8 +149,10 @@ async def analyse(
         t = time.perf_counter()
         heat = await engine.heatmap(prediction)
         heatmap_ms = (time.perf_counter() - t) * 1e3
-    if store:
+    image_png = None
+    if store or inline_image:
         image_png = await engine.run_cpu(encode_grey_png, prediction.image.pixels)
+    if store:
         media.write(study_id, "image.png", image_png)
         media.write(study_id, "heatmap.png", heat)
         try:
@@ -153,7 +162,8 @@ async def analyse(
             raise
     extra = {"heatmap_ms": heatmap_ms, "total_ms": (time.perf_counter() - start) * 1e3}
     b64 = base64.b64encode(heat).decode() if (inline_heatmap and heat is not None) else None
-    return study_out(study, store, b64, extra), study
+    image_b64 = base64.b64encode(image_png).decode() if inline_image and image_png else None
+    return study_out(study, store, b64, extra, image_b64), study
 
 
 def _add(db: Database, study: Study) -> Study:

@@ -29,6 +29,10 @@ async def create_prediction(
         description="inline: base64 PNG in the body (default when not stored); url: links "
         "only (default when stored); none",
     ),
+    image: Literal["inline", "none"] = Parameter(
+        default="none",
+        description="inline: the decoded X-ray as a base64 PNG too (a DICOM's preview)",
+    ),
 ) -> StudyOut:
     """Analyse a chest X-ray: PNG, JPEG or DICOM, as multipart (`image` file, optional
     `title`) or as the raw body (`image/png`, `image/jpeg`, `application/dicom`).
@@ -54,5 +58,6 @@ async def create_prediction(
         owner_id=principal.user_id if principal else None,
         store=stored,
         inline_heatmap=mode == "inline",
+        inline_image=image == "inline",
     )
     return out

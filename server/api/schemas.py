@@ -125,6 +125,10 @@ class StudyOut(msgspec.Struct):
     timings: Timings
     urls: Urls | None = None
     heatmap_png_base64: str | None = None
+    image_png_base64: str | None = None  # the decoded X-ray, with image=inline
+    # Raw class activation maps [finding][row][col] (ReLU and scaling are the viewer's),
+    # for drawing heatmaps client-side at any opacity.
+    cam_maps: list[list[list[float]]] = []
     warnings: list[str] = []
 
 
