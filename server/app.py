@@ -19,7 +19,7 @@ from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from prometheus_client import CollectorRegistry
 
 from chexray import __version__
-from server.api import accounts, operations, predictions, seed, studies
+from server.api import accounts, operations, predictions, seed, studies, web
 from server.api.deps import DEPENDENCIES
 from server.api.errors import EXCEPTION_HANDLERS
 from server.api.middleware import HttpMetrics, request_context
@@ -36,6 +36,7 @@ ROUTES = [
     accounts.register,
     accounts.login,
     accounts.logout,
+    accounts.session,
     accounts.get_me,
     accounts.patch_me,
     accounts.change_password,
@@ -57,6 +58,8 @@ ROUTES = [
     operations.ready,
     operations.metrics,
     operations.models,
+    web.index,
+    web.static,
 ]
 
 

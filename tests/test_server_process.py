@@ -3,12 +3,7 @@ anonymous predictions (none lost, none mixed up), then a clean shutdown."""
 
 from __future__ import annotations
 
-import os
-import shutil
 import signal
-import subprocess
-import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -17,49 +12,14 @@ import numpy as np
 import pytest
 
 from tests.api import PASSWORD, xray
-from tests.conftest import ROOT, free_port
+from tests.server_process import running_server
 
 
 @pytest.fixture(scope="module")
 def server(tiny_repo: Path, tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("server")
-    shutil.copytree(tiny_repo, root / "models")
-    port = free_port()
-    env = {
-        **os.environ,
-        "CHEXRAY_MODEL_DIR": str(root / "models"),
-        "CHEXRAY_DATA_DIR": str(root / "data"),
-        "CHEXRAY_PORT": str(port),
-        "CHEXRAY_MAX_BATCH": "8",
-        "CHEXRAY_MAX_WAIT_MS": "20",
-        "CHEXRAY_AUTH_RATE_LIMIT": "1000/60",
-        "CHEXRAY_LOG_LEVEL": "warning",
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "chexray.cli", "serve", "--no-build"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(base + "/health/ready", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if proc.poll() is not None:
-            pytest.fail(f"server exited: {proc.stdout.read()}")
-        time.sleep(0.2)
-    else:
-        proc.kill()
-        pytest.fail("server did not become ready in 60 s")
-    yield base, proc
-    if proc.poll() is None:
-        proc.kill()
+    with running_server(tiny_repo, root, CHEXRAY_MAX_BATCH="8", CHEXRAY_MAX_WAIT_MS="20") as s:
+        yield s
 
 
 def test_readme_flows_over_http(server) -> None:

@@ -13,7 +13,7 @@ from server.api.auth import (
     client_key,
     set_session_cookies,
 )
-from server.api.deps import AuthDep, DbDep, LimiterDep, MediaDep, SettingsDep
+from server.api.deps import AuthDep, DbDep, LimiterDep, MediaDep, PrincipalDep, SettingsDep
 from server.api.errors import ApiError
 from server.api.ratelimit import RateLimiter
 from server.api.schemas import (
@@ -23,6 +23,7 @@ from server.api.schemas import (
     Profile,
     ProfilePatch,
     RegisterIn,
+    SessionOut,
     TokenOut,
 )
 from server.settings import Settings
@@ -137,6 +138,12 @@ async def logout(auth: AuthDep, db: DbDep) -> Response[None]:
     response = Response(None, status_code=204)
     clear_session_cookies(response)
     return response
+
+
+@get("/api/v1/auth/session", tags=["accounts"])
+async def session(principal: PrincipalDep, db: DbDep) -> SessionOut:
+    """Who is signed in, if anyone (200 either way; the web app asks this at start)."""
+    return SessionOut(await db.run(profile, db, principal.user) if principal else None)
 
 
 @get("/api/v1/me", tags=["accounts"])

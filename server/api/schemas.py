@@ -47,6 +47,10 @@ class Profile(msgspec.Struct):
     study_count: int
 
 
+class SessionOut(msgspec.Struct):
+    user: Profile | None  # None: nobody is signed in
+
+
 class TokenOut(msgspec.Struct):
     token: str | None  # None when the credential went into a cookie
     token_type: Literal["Bearer"]

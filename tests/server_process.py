@@ -1,0 +1,60 @@
+"""Starting a real `chexray serve` process for tests that speak HTTP to it."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import ROOT, free_port
+
+
+@contextlib.contextmanager
+def running_server(repo: Path, root: Path, **env: str) -> Iterator[tuple[str, subprocess.Popen]]:
+    """Serve a copy of `repo` with data under `root`; yields (base URL, process)."""
+    shutil.copytree(repo, root / "models")
+    port = free_port()
+    full_env = {
+        **os.environ,
+        "CHEXRAY_MODEL_DIR": str(root / "models"),
+        "CHEXRAY_DATA_DIR": str(root / "data"),
+        "CHEXRAY_PORT": str(port),
+        "CHEXRAY_AUTH_RATE_LIMIT": "1000/60",
+        "CHEXRAY_LOG_LEVEL": "warning",
+        **env,
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "chexray.cli", "serve", "--no-build"],
+        cwd=ROOT,
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(base + "/health/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if proc.poll() is not None:
+                pytest.fail(f"server exited: {proc.stdout.read()}")
+            time.sleep(0.2)
+        else:
+            pytest.fail("server did not become ready in 60 s")
+        yield base, proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -1,0 +1,263 @@
+"""The web app in a real headless Chromium (Debian's) against a real server process.
+
+Screenshots of the main pages go to $CHEXRAY_SCREENSHOT_DIR when set (the README shows
+the set in docs/screenshots), else to a temporary folder.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.api import PASSWORD, xray
+from tests.images import png
+from tests.server_process import running_server
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+pytestmark = pytest.mark.skipif(
+    not Path(CHROMIUM).exists(), reason="Chromium is not installed (scripts/ensure-chromium.sh)"
+)
+PHONE = {"width": 360, "height": 740}
+DESKTOP = {"width": 1280, "height": 860}
+
+
+@pytest.fixture(scope="module")
+def base(tiny_repo: Path, tmp_path_factory: pytest.TempPathFactory):
+    with running_server(tiny_repo, tmp_path_factory.mktemp("web")) as (url, _):
+        yield url
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = os.environ.get("CHEXRAY_SCREENSHOT_DIR")
+    path = Path(folder) if folder else tmp_path_factory.mktemp("screenshots")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("files")
+    chest = d / "chest.png"
+    chest.write_bytes(xray(seed=3, size=(600, 520)))
+    text = d / "notes.png"
+    text.write_bytes(b"These are my notes, not an X-ray.\n")
+    big = d / "big.png"
+    big.write_bytes(png(np.zeros((300, 300), np.uint8)))
+    return {"chest": chest, "text": text, "big": big}
+
+
+@pytest.fixture
+def new_page(browser, base: str):
+    """Pages in a fresh browser context (no cookies), closed after the test."""
+    contexts = []
+
+    def make(viewport=DESKTOP):
+        context = browser.new_context(viewport=viewport, base_url=base)
+        contexts.append(context)
+        return _page(context)
+
+    yield make
+    for c in contexts:
+        c.close()
+
+
+def _page(context):
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    # Script errors only: a 4xx the page shows as a message is not an error of the page.
+    page.on(
+        "console",
+        lambda m: (
+            m.type == "error" and "Failed to load resource" not in m.text and errors.append(m.text)
+        ),
+    )
+    page.errors = errors
+    return page
+
+
+def ready(page, hash_: str) -> None:
+    page.goto(f"/{hash_}")
+    page.wait_for_selector("body[data-ready=true]")
+
+
+def analyse(page, path: Path, title: str = "") -> None:
+    ready(page, "#/analyse")
+    page.set_input_files("#file", str(path))
+    page.fill("#title", title)
+    page.click("#analyse")
+
+
+def heat_pixels(page) -> int:
+    """How many pixels of the heatmap canvas carry colour (alpha > 0)."""
+    return page.eval_on_selector(
+        "canvas.heat",
+        """c => {
+            const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+            let n = 0;
+            for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++;
+            return n;
+        }""",
+    )
+
+
+def no_horizontal_scroll(page) -> bool:
+    return page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+
+
+def test_home_says_what_it_is_and_that_models_are_untrained(new_page, shots) -> None:
+    page = new_page()
+    ready(page, "#/")
+    assert page.is_visible("#untrained")
+    text = page.inner_text("main")
+    for finding in ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion"):
+        assert finding in text
+    assert "not a medical device" in text
+    page.screenshot(path=str(shots / "home.png"))
+    assert page.errors == []
+
+
+def test_anonymous_analysis_shows_five_findings_and_a_heatmap(new_page, files, shots) -> None:
+    page = new_page()
+    analyse(page, files["chest"])
+    page.wait_for_selector("#result")
+    assert page.locator("ul.findings li").count() == 5
+    assert page.locator("ul.findings .threshold").count() == 5
+    page.wait_for_function("document.querySelector('canvas.heat').width > 0")
+    assert heat_pixels(page) > 0
+    # One finding's map, then the opacity slider, then the download.
+    page.select_option("#heat-finding", "Edema")
+    assert "Edema" in page.get_attribute("canvas.heat", "aria-label")
+    page.fill("#heat-opacity", "30")
+    assert page.eval_on_selector("canvas.heat", "c => getComputedStyle(c).opacity") == "0.3"
+    with page.expect_download() as download:
+        page.click("text=Download heatmap PNG")
+    assert download.value.suggested_filename == "chexray-heatmap-edema.png"
+    assert "will not be stored" in page.inner_text("main")
+    page.fill("#heat-opacity", "60")
+    page.screenshot(path=str(shots / "analyse.png"), full_page=True)
+    assert page.errors == []
+
+
+def test_a_text_file_named_png_shows_a_readable_error(new_page, files) -> None:
+    page = new_page()
+    analyse(page, files["text"])
+    error = page.wait_for_selector("[role=alert]:not([hidden])")
+    assert "not a PNG, JPEG or DICOM image" in error.inner_text()
+    assert "{" not in error.inner_text()  # a sentence, not a JSON dump
+    assert page.locator("#result").count() == 0
+
+
+def test_account_flow(new_page, files, shots) -> None:
+    page = new_page()
+    page.on("dialog", lambda d: d.accept())
+    ready(page, "#/register")
+    page.fill("#username", "alice")
+    page.fill("#email", "alice@example.org")
+    page.fill("#password", "short")
+    page.fill("#password2", "short")
+    page.evaluate("document.querySelector('form').noValidate = true")  # let the API judge
+    page.click("text=Create account")
+    assert (
+        "at least 10 characters"
+        in page.wait_for_selector("#password-error:has-text('10')").inner_text()
+    )
+    page.fill("#password", PASSWORD)
+    page.fill("#password2", PASSWORD)
+    page.click("text=Create account")
+    page.wait_for_url("**/#/analyse")
+    assert page.is_visible("text=Log out")
+
+    analyse(page, files["chest"], "Follow-up, week 2")
+    page.wait_for_selector("#analysis a[href^='#/study/']:has-text('Saved to your history')")
+
+    ready(page, "#/history")
+    page.wait_for_selector("li.study")
+    assert page.locator("li.study").count() == 1
+    assert "Follow-up, week 2" in page.inner_text("li.study")
+    page.screenshot(path=str(shots / "history.png"))
+    page.click("li.study a.title")
+    page.wait_for_selector("#result")
+    page.wait_for_function("document.querySelector('canvas.heat').width > 0")
+    assert page.locator("ul.findings li").count() == 5
+    page.screenshot(path=str(shots / "study.png"), full_page=True)
+
+    ready(page, "#/profile")
+    page.wait_for_selector("dl.profile")
+    assert "alice@example.org" in page.inner_text("dl.profile")
+    page.screenshot(path=str(shots / "profile.png"))
+
+    ready(page, "#/history")
+    page.click("li.study a.title")
+    page.click("text=Delete study")
+    page.wait_for_url("**/#/history")
+    page.wait_for_selector("#empty")
+    page.click("text=Log out")
+    page.wait_for_selector("nav >> text=Log in")
+    assert not page.is_visible("text=Log out")
+    assert page.errors == []
+
+
+def test_wrong_password_and_login_page(new_page, shots) -> None:
+    page = new_page()
+    ready(page, "#/login")
+    page.fill("#username", "nobody")
+    page.fill("#password", "not the password")
+    page.click("button:has-text('Log in')")
+    assert (
+        "Wrong username or password"
+        in page.wait_for_selector("[role=alert]:not([hidden])").inner_text()
+    )
+    page.screenshot(path=str(shots / "login.png"))
+
+
+def test_phone_sized_screen_has_no_horizontal_scrolling(new_page, files, shots) -> None:
+    page = new_page(PHONE)
+    for hash_ in ("#/", "#/login", "#/register", "#/analyse"):
+        ready(page, hash_)
+        assert no_horizontal_scroll(page), hash_
+    analyse(page, files["chest"])
+    page.wait_for_selector("#result")
+    page.wait_for_function("document.querySelector('canvas.heat').width > 0")
+    assert no_horizontal_scroll(page)
+    page.screenshot(path=str(shots / "phone.png"), full_page=True)
+
+
+def test_keyboard_reaches_the_file_chooser(new_page) -> None:
+    page = new_page()
+    ready(page, "#/analyse")
+    # Enter and Space on the drop zone open the file chooser (seen as a click on the input).
+    page.evaluate("""() => { window.opened = 0; document.querySelector('#file')
+        .addEventListener('click', e => { window.opened++; e.preventDefault(); }); }""")
+    page.press(".drop", "Enter")
+    page.press(".drop", " ")
+    assert page.evaluate("window.opened") == 2
+    assert page.get_attribute(".drop", "aria-label") == "Choose or drop an X-ray file"
+    for img in page.query_selector_all("img"):
+        assert img.get_attribute("alt")
