@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 PRESET ?= default
 
-.PHONY: serve test lint format setup clean-models
+.PHONY: serve test bench lint format setup clean-models
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
+
+# All benchmarks side by side; writes bench/results/<machine>-<date>.{json,md,png}.
+bench: $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[cpu,convert,bench]'
+	$(BIN)/python bench/run.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

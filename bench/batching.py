@@ -14,25 +14,11 @@ import sys
 import time
 from pathlib import Path
 
-import cv2
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.images import xray_png
 from server.runtime.engine import Engine
 from server.settings import Settings
-
-
-def xray_pngs(n: int, size: int) -> list[bytes]:
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    out = []
-    for _i in range(n):
-        phase = rng.uniform(0, 6)
-        img = 120 + 70 * np.sin(xx / (size / 9) + phase) * np.cos(yy / (size / 6))
-        img = np.clip(img + rng.normal(0, 6, img.shape), 0, 255).astype(np.uint8)
-        out.append(cv2.imencode(".png", img)[1].tobytes())
-    return out
 
 
 async def level(engine: Engine, uploads: list[bytes], concurrency: int, requests: int) -> dict:
@@ -71,7 +57,7 @@ async def run(args: argparse.Namespace, spinning: bool) -> list[dict]:
     )
     engine = Engine(settings)
     await engine.start()
-    uploads = xray_pngs(8, args.image_size)
+    uploads = [xray_png(i, args.image_size) for i in range(8)]
     try:
         return [await level(engine, uploads, c, args.requests) for c in args.concurrency]
     finally:

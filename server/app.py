@@ -65,6 +65,7 @@ ROUTES = [
 
 def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or Settings.from_env()
+    logging.getLogger("chexray").setLevel(settings.log_level.upper())
     registry = CollectorRegistry()
     http_metrics = HttpMetrics(registry)
     db = Database(settings.db_url)

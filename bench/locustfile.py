@@ -1,0 +1,39 @@
+"""Locust users posting chest X-rays to /api/v1/predictions as fast as answers come back.
+
+    CHEXRAY_BENCH_IMAGES=DIR locust -f bench/locustfile.py --headless -u 8 -r 8 -t 40s \
+        --host http://127.0.0.1:8000
+
+CHEXRAY_BENCH_QUERY sets the query string (default `heatmap=none`: the engine's work only;
+`heatmap=inline` adds rendering and base64 of the overlay).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+from locust import HttpUser, constant, task
+
+IMAGES = [p.read_bytes() for p in sorted(Path(os.environ["CHEXRAY_BENCH_IMAGES"]).glob("*.png"))]
+QUERY = os.environ.get("CHEXRAY_BENCH_QUERY", "heatmap=none")
+
+
+class XrayUser(HttpUser):
+    wait_time = constant(0)
+
+    @task
+    def predict(self) -> None:
+        body = random.choice(IMAGES)
+        with self.client.post(
+            f"/api/v1/predictions?{QUERY}",
+            data=body,
+            headers={"Content-Type": "image/png"},
+            name="POST /api/v1/predictions",
+            catch_response=True,
+            timeout=300,
+        ) as r:
+            if r.status_code != 200:
+                r.failure(f"HTTP {r.status_code}: {r.text[:200]}")
+            elif len(r.json().get("findings", [])) != 5:
+                r.failure("answer without five findings")

@@ -1,0 +1,457 @@
+"""All benchmarks in one run, side by side on one machine, and the report.
+
+    python bench/run.py                  # or: make bench
+
+1. engine limit: the fused graph alone (bench/engine.py), images/s by batch size;
+2. the server under Locust: a real `chexray serve` process, default preset, 1024x1024
+   PNGs, a sweep of concurrent users; throughput, p50/p95/p99, failures, mean batch size
+   (from /metrics), peak RSS;
+3. the seed's architecture (bench/seed_baseline.py) under the same load at 1 and 16 users;
+4. bench/results/<machine>-<date>.{json,md,png}, and the three ratios printed last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import json
+import os
+import platform
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.engine import cpu_model  # noqa: E402
+from bench.images import write_images  # noqa: E402
+
+PY = sys.executable
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"{proc.args} exited with {proc.returncode}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit(f"{url} not ready after {timeout} s")
+
+
+def peak_rss_mb(pid: int) -> float:
+    """VmHWM: the process's peak resident set since it started."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def batch_totals(base: str) -> tuple[float, float]:
+    text = httpx.get(base + "/metrics", timeout=10).text
+    total = count = 0.0
+    for line in text.splitlines():
+        if line.startswith("chexray_engine_batch_size_sum"):
+            total = float(line.rsplit(" ", 1)[1])
+        elif line.startswith("chexray_engine_batch_size_count"):
+            count = float(line.rsplit(" ", 1)[1])
+    return total, count
+
+
+def locust(base: str, users: int, seconds: int, images: Path, workdir: Path, query: str) -> dict:
+    prefix = workdir / f"locust-{users}"
+    env = {**os.environ, "CHEXRAY_BENCH_IMAGES": str(images), "CHEXRAY_BENCH_QUERY": query}
+    subprocess.run(
+        [
+            PY,
+            "-m",
+            "locust",
+            "-f",
+            str(ROOT / "bench" / "locustfile.py"),
+            "--headless",
+            "-u",
+            str(users),
+            "-r",
+            str(users),
+            "-t",
+            f"{seconds}s",
+            "--host",
+            base,
+            "--csv",
+            str(prefix),
+            "--only-summary",
+            "--stop-timeout",
+            "120",
+        ],
+        env=env,
+        check=False,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    with open(f"{prefix}_stats.csv") as fh:
+        row = next(r for r in csv.DictReader(fh) if r["Name"] == "Aggregated")
+    return {
+        "users": users,
+        "requests": int(row["Request Count"]),
+        "failures": int(row["Failure Count"]),
+        "images_per_s": float(row["Requests/s"]),
+        "p50_ms": float(row["50%"]),
+        "p95_ms": float(row["95%"]),
+        "p99_ms": float(row["99%"]),
+    }
+
+
+def run_engine(repo: Path, workdir: Path, seconds: float, threads: int) -> dict:
+    out = workdir / "engine.json"
+    subprocess.run(
+        [
+            PY,
+            str(ROOT / "bench" / "engine.py"),
+            "--repo",
+            str(repo),
+            "--json",
+            str(out),
+            "--seconds",
+            str(seconds),
+            "--threads",
+            str(threads),
+        ],
+        check=True,
+    )
+    return json.loads(out.read_text())
+
+
+def run_server(
+    repo: Path,
+    images: Path,
+    workdir: Path,
+    users: list[int],
+    seconds: int,
+    query: str,
+    env_extra: dict[str, str],
+) -> dict:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    data = workdir / "server-data"
+    env = {
+        **os.environ,
+        "CHEXRAY_MODEL_DIR": str(repo),
+        "CHEXRAY_DATA_DIR": str(data),
+        "CHEXRAY_PORT": str(port),
+        "CHEXRAY_LOG_LEVEL": "warning",
+        **env_extra,
+    }
+    proc = subprocess.Popen([PY, "-m", "chexray.cli", "serve", "--no-build"], cwd=ROOT, env=env)
+    try:
+        wait_ready(base + "/health/ready", proc)
+        loaded = peak_rss_mb(proc.pid)
+        levels = []
+        for n in users:
+            before = batch_totals(base)
+            result = locust(base, n, seconds, images, workdir, query)
+            after = batch_totals(base)
+            batches = after[1] - before[1]
+            result["mean_batch"] = (after[0] - before[0]) / batches if batches else 0.0
+            result["rss_mb"] = peak_rss_mb(proc.pid)
+            levels.append(result)
+            print(
+                f"  server  {n:>3} users: {result['images_per_s']:.2f} images/s, "
+                f"p50 {result['p50_ms']:.0f} ms, p99 {result['p99_ms']:.0f} ms, "
+                f"batch {result['mean_batch']:.1f}, failures {result['failures']}",
+                flush=True,
+            )
+        peak = peak_rss_mb(proc.pid)
+        models = httpx.get(base + "/api/v1/models", timeout=10).json()
+    finally:
+        proc.terminate()
+        proc.wait(60)
+    return {
+        "levels": levels,
+        "rss_loaded_mb": loaded,
+        "rss_peak_mb": peak,
+        "provider": models["provider"],
+        "model_version": models["version"],
+        "settings": env_extra,
+        "query": query,
+    }
+
+
+def run_baseline(images: Path, workdir: Path, users: list[int], seconds: int) -> dict:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([PY, str(ROOT / "bench" / "seed_baseline.py"), "--port", str(port)])
+    try:
+        wait_ready(base + "/health/ready", proc)
+        levels = []
+        for n in users:
+            result = locust(base, n, seconds, images, workdir, "")
+            levels.append(result)
+            print(
+                f"  seed    {n:>3} users: {result['images_per_s']:.2f} images/s, "
+                f"p50 {result['p50_ms']:.0f} ms, failures {result['failures']}",
+                flush=True,
+            )
+        peak = peak_rss_mb(proc.pid)
+    finally:
+        proc.terminate()
+        proc.wait(60)
+    return {"levels": levels, "rss_peak_mb": peak}
+
+
+def machine() -> dict:
+    import onnxruntime as ort
+
+    return {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "onnxruntime": ort.__version__,
+        "platform": platform.platform(),
+    }
+
+
+def ratios(report: dict) -> dict:
+    engine = report["engine"]["rows"]
+    limit = max(r["images_per_s"] for r in engine)
+    single = next(r["median_ms"] for r in engine if r["batch"] == 1)
+    server = report["server"]["levels"]
+    best = max(r["images_per_s"] for r in server)
+    p50_1 = next((r["p50_ms"] for r in server if r["users"] == 1), float("nan"))
+    out = {
+        "saturation_over_engine_limit": best / limit,
+        "p50_at_1_user_over_engine_latency": p50_1 / single,
+    }
+    if report.get("baseline"):
+        base16 = next((r for r in report["baseline"]["levels"] if r["users"] == 16), None)
+        srv16 = next((r for r in server if r["users"] == 16), None)
+        if base16 and srv16 and base16["images_per_s"] > 0:
+            out["server_over_seed_at_16_users"] = srv16["images_per_s"] / base16["images_per_s"]
+    return out
+
+
+def markdown(report: dict) -> str:
+    m, r = report["machine"], report["ratios"]
+    lines = [
+        f"# CheXray benchmark, {report['date']}",
+        "",
+        f"{m['cpu']}, {m['cores']} cores; onnxruntime {m['onnxruntime']} on "
+        f"{report['server']['provider']}; model {report['server']['model_version']}; "
+        f"1024x1024 PNG uploads; query `{report['server']['query']}`; "
+        f"{report['seconds']} s per level; total run {report['duration_s'] / 60:.1f} min.",
+        "",
+        "## Engine limit (fused graph alone)",
+        "",
+        "| batch | median ms | ms/image | images/s |",
+        "|---|---|---|---|",
+        *[
+            f"| {e['batch']} | {e['median_ms']:.0f} | {e['ms_per_image']:.0f} | "
+            f"{e['images_per_s']:.2f} |"
+            for e in report["engine"]["rows"]
+        ],
+        "",
+        "## Server under load (Locust)",
+        "",
+        "| users | images/s | p50 ms | p95 ms | p99 ms | failures | mean batch | peak RSS MB |",
+        "|---|---|---|---|---|---|---|---|",
+        *[
+            f"| {x['users']} | {x['images_per_s']:.2f} | {x['p50_ms']:.0f} | {x['p95_ms']:.0f} | "
+            f"{x['p99_ms']:.0f} | {x['failures']}/{x['requests']} | {x['mean_batch']:.1f} | "
+            f"{x['rss_mb']:.0f} |"
+            for x in report["server"]["levels"]
+        ],
+        "",
+        f"Server RSS: {report['server']['rss_loaded_mb']:.0f} MB loaded and warmed up, "
+        f"{report['server']['rss_peak_mb']:.0f} MB peak after the sweep.",
+    ]
+    if report.get("baseline"):
+        lines += [
+            "",
+            "## The seed's architecture (five Keras `predict` + PyTorch CAM, no batching)",
+            "",
+            "| users | images/s | p50 ms | p95 ms | p99 ms | failures |",
+            "|---|---|---|---|---|---|",
+            *[
+                f"| {x['users']} | {x['images_per_s']:.2f} | {x['p50_ms']:.0f} | "
+                f"{x['p95_ms']:.0f} | {x['p99_ms']:.0f} | {x['failures']}/{x['requests']} |"
+                for x in report["baseline"]["levels"]
+            ],
+            "",
+            f"Seed baseline peak RSS: {report['baseline']['rss_peak_mb']:.0f} MB.",
+        ]
+    lines += [
+        "",
+        "## Ratios",
+        "",
+        "| ratio | measured | target |",
+        "|---|---|---|",
+        f"| server throughput at saturation / engine limit | "
+        f"{r['saturation_over_engine_limit']:.2f} | >= 0.95 |",
+        f"| server p50 at 1 user / single-image engine latency | "
+        f"{r['p50_at_1_user_over_engine_latency']:.2f} | <= 1.1 |",
+    ]
+    if "server_over_seed_at_16_users" in r:
+        lines.append(
+            f"| server / seed throughput at 16 users | "
+            f"{r['server_over_seed_at_16_users']:.2f} | >= 3 |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    s = report["server"]["levels"]
+    ax.plot(
+        [x["images_per_s"] for x in s],
+        [x["p99_ms"] / 1e3 for x in s],
+        "o-",
+        label="CheXray server (p99)",
+    )
+    for x in s:
+        ax.annotate(
+            f"{x['users']}",
+            (x["images_per_s"], x["p99_ms"] / 1e3),
+            textcoords="offset points",
+            xytext=(4, 4),
+            fontsize=8,
+        )
+    if report.get("baseline"):
+        b = report["baseline"]["levels"]
+        ax.plot(
+            [x["images_per_s"] for x in b],
+            [x["p99_ms"] / 1e3 for x in b],
+            "s--",
+            label="seed architecture (p99)",
+        )
+        for x in b:
+            ax.annotate(
+                f"{x['users']}",
+                (x["images_per_s"], x["p99_ms"] / 1e3),
+                textcoords="offset points",
+                xytext=(4, 4),
+                fontsize=8,
+            )
+    limit = max(r["images_per_s"] for r in report["engine"]["rows"])
+    ax.axvline(limit, color="grey", linestyle=":", label=f"engine limit {limit:.2f} images/s")
+    ax.set_xlabel("throughput (images/s); labels: concurrent users")
+    ax.set_ylabel("p99 latency (s)")
+    ax.set_title(f"{report['machine']['cpu']}, {report['machine']['cores']} cores")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument(
+        "--repo", type=Path, default=Path(os.environ.get("CHEXRAY_MODEL_DIR", ROOT / "models_onnx"))
+    )
+    p.add_argument("--users", default="1,2,4,8,16,32")
+    p.add_argument("--baseline-users", default="1,16")
+    p.add_argument("--seconds", type=int, default=40, help="per concurrency level")
+    p.add_argument("--images", type=int, default=16)
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    p.add_argument("--query", default="heatmap=none")
+    p.add_argument("--no-baseline", action="store_true")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="CHEXRAY_X=V",
+        help="server setting for this run (repeatable)",
+    )
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    args = p.parse_args()
+
+    started = time.monotonic()
+    if not (args.repo / "manifest.json").is_file():
+        subprocess.run(
+            [PY, "-m", "chexray.cli", "convert", "--preset", "default", "--out", str(args.repo)],
+            check=True,
+        )
+    images = ROOT / "bench" / ".cache" / "images"
+    write_images(images, args.images)
+    workdir = Path(tempfile.mkdtemp(prefix="chexray-bench-"))
+    server_env = {"CHEXRAY_INTRA_OP_THREADS": str(args.threads)}
+    server_env.update(dict(s.split("=", 1) for s in args.set))
+
+    print("1/3 engine limit", flush=True)
+    engine = run_engine(args.repo, workdir, 8, args.threads)
+    print("2/3 server under load", flush=True)
+    server = run_server(
+        args.repo,
+        images,
+        workdir,
+        [int(u) for u in args.users.split(",")],
+        args.seconds,
+        args.query,
+        server_env,
+    )
+    baseline = None
+    if not args.no_baseline:
+        print("3/3 seed architecture", flush=True)
+        baseline = run_baseline(
+            images, workdir, [int(u) for u in args.baseline_users.split(",")], args.seconds
+        )
+    report = {
+        "date": dt.date.today().isoformat(),
+        "machine": machine(),
+        "engine": engine,
+        "server": server,
+        "baseline": baseline,
+        "seconds": args.seconds,
+        "duration_s": time.monotonic() - started,
+    }
+    report["ratios"] = ratios(report)
+
+    name = re.sub(r"[^a-z0-9]+", "-", f"{report['machine']['cpu']}-{os.cpu_count()}core".lower())
+    stem = args.out / f"{name.strip('-')}-{report['date']}"
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".json").write_text(json.dumps(report, indent=2))
+    stem.with_suffix(".md").write_text(markdown(report))
+    plot(report, stem.with_suffix(".png"))
+    shutil.rmtree(workdir, ignore_errors=True)
+    print(f"\nreport: {stem}.md / .json / .png ({report['duration_s'] / 60:.1f} min)")
+    r = report["ratios"]
+    print(
+        f"server throughput at saturation / engine limit:  {r['saturation_over_engine_limit']:.2f}"
+        "  (target >= 0.95)"
+    )
+    print(
+        f"p50 at 1 user / single-image engine latency:     "
+        f"{r['p50_at_1_user_over_engine_latency']:.2f}  (target <= 1.1)"
+    )
+    if "server_over_seed_at_16_users" in r:
+        print(
+            f"server / seed throughput at 16 users:            "
+            f"{r['server_over_seed_at_16_users']:.2f}  (target >= 3)"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
