@@ -25,6 +25,7 @@ test: $(STAMP)
 	scripts/ensure-chromium.sh
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/hadolint Containerfile
 	$(BIN)/python -m pytest
 
 # All benchmarks side by side; writes bench/results/<machine>-<date>.{json,md,png}.
@@ -35,6 +36,7 @@ bench: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/hadolint Containerfile
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix .

@@ -56,6 +56,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="NAME=HxW",
         help="train-time input size of one member, e.g. xception=299x299",
     )
+    p.add_argument(
+        "--member-order",
+        action="append",
+        default=[],
+        metavar="NAME=F1,F2,...",
+        help="the order in which a member emits the five findings, e.g. "
+        "densenet169=Cardiomegaly,Edema,Consolidation,Atelectasis,"
+        "'Pleural Effusion'",
+    )
     p.add_argument("--no-fp16", action="store_true", help="skip the float16 variant")
 
 
@@ -68,6 +77,11 @@ def _size(text: str) -> tuple[str, tuple[int, int]]:
         raise SystemExit(
             f"--member-size {text!r}: expected NAME=HxW, e.g. xception=299x299"
         ) from None
+
+
+def _order(text: str) -> tuple[str, list[str]]:
+    name, _, order = text.partition("=")
+    return name, [f.strip() for f in order.split(",") if f.strip()]
 
 
 def run(args: argparse.Namespace, default_out: Path) -> int:

@@ -121,12 +121,28 @@ def _weights_matrix(names: list[str], path: Path | None) -> list[list[float]]:
     return matrix
 
 
-def _with_sizes(preset: Preset, member_sizes: dict[str, tuple[int, int]]) -> Preset:
-    unknown = set(member_sizes) - {m.name for m in preset.members}
-    if unknown:
-        raise ConversionError(f"--member-size names unknown members {sorted(unknown)}")
+def _customised(
+    preset: Preset,
+    member_sizes: dict[str, tuple[int, int]],
+    member_orders: dict[str, list[str]],
+) -> Preset:
+    names = {m.name for m in preset.members}
+    for option, given in (("--member-size", member_sizes), ("--member-order", member_orders)):
+        unknown = set(given) - names
+        if unknown:
+            raise ConversionError(f"{option} names unknown members {sorted(unknown)}")
+    for name, order in member_orders.items():
+        if sorted(order) != sorted(FINDINGS):
+            raise ConversionError(
+                f"--member-order {name}: {order} is not an order of the five findings "
+                f"{list(FINDINGS)}"
+            )
     members = [
-        msgspec.structs.replace(m, input_size=member_sizes.get(m.name, m.input_size))
+        msgspec.structs.replace(
+            m,
+            input_size=member_sizes.get(m.name, m.input_size),
+            output_order=member_orders.get(m.name, m.output_order),
+        )
         for m in preset.members
     ]
     return msgspec.structs.replace(preset, members=members)
@@ -140,12 +156,13 @@ def convert_repository(
     loader: str = "auto",
     weights_matrix: Path | None = None,
     member_sizes: dict[str, tuple[int, int]] | None = None,
+    member_orders: dict[str, list[str]] | None = None,
     fp16: bool = True,
     log: Log = _log,
 ) -> Manifest:
     started = time.perf_counter()
     try:
-        preset = _with_sizes(get_preset(preset_name), member_sizes or {})
+        preset = _customised(get_preset(preset_name), member_sizes or {}, member_orders or {})
     except ValueError as exc:
         raise ConversionError(str(exc)) from None
     out = Path(out)

@@ -38,3 +38,16 @@ def test_bad_weights_matrix(tmp_path: Path) -> None:
 def test_models_check_on_an_empty_folder(tmp_path: Path) -> None:
     r = chexray("models", "check", str(tmp_path))
     assert r.returncode == 2 and "no manifest" in r.stdout and "chexray convert" in r.stdout
+
+
+def test_bad_member_order(tmp_path: Path) -> None:
+    r = chexray(
+        "convert",
+        "--preset",
+        "tiny",
+        "--out",
+        str(tmp_path),
+        "--member-order",
+        "densenet169=Edema,Cardiomegaly",
+    )
+    assert r.returncode == 2 and "is not an order of the five findings" in r.stdout
