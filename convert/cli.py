@@ -99,6 +99,7 @@ def run(args: argparse.Namespace, default_out: Path) -> int:
             loader=args.keras_loader,
             weights_matrix=args.weights_matrix,
             member_sizes=dict(_size(s) for s in args.member_size),
+            member_orders=dict(_order(s) for s in args.member_order),
             fp16=not args.no_fp16,
         )
     except ConversionError as exc:

@@ -46,17 +46,22 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     # Dynamic batching (Triton's terms): a batch runs when it holds max_batch images or
     # when its first image has waited max_wait_ms; max_queue bounds what waits.
-    max_batch: int = 8
+    max_batch: int = 4
     max_wait_ms: float = 5.0
     max_queue: int = 64
     instances: int = 1  # sessions running batches side by side (useful on a GPU)
-    warmup_batch_sizes: tuple[int, ...] = (1, 8)
+    warmup_batch_sizes: tuple[int, ...] = (1, 4)
 
     # onnxruntime.
     provider: Literal["auto", "cuda", "cpu"] = "auto"
     intra_op_threads: int = 0
     allow_spinning: bool = False
     cpu_mem_arena: bool = False
+    # Memory patterns pre-plan one block per input shape: more resident memory, and not
+    # faster for this graph on CPU.
+    mem_pattern: bool = False
+    # Keep the CPU-optimized graph under <data_dir>/ort-cache and load that (see session.py).
+    optimized_cache: bool = True
     graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
     device_id: int = 0
     gpu_mem_limit: int = 6 * 1024**3
@@ -95,6 +100,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def db_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'chexray.db'}"
+
+    @property
+    def ort_cache_dir(self) -> Path:
+        return self.data_dir / "ort-cache"
 
     @property
     def media_dir(self) -> Path:

@@ -16,7 +16,8 @@ from tests.images import anatomy, png
 
 
 def engine_for(repo: Path, **settings) -> Engine:
-    return Engine(Settings(model_dir=repo, warmup_batch_sizes=(1,), **settings))
+    data = repo.parent / "engine-data"
+    return Engine(Settings(model_dir=repo, data_dir=data, warmup_batch_sizes=(1,), **settings))
 
 
 def test_64_concurrent_images_each_get_their_own_result(tiny_repo: Path) -> None:

@@ -24,7 +24,14 @@ def results(tiny_repo: Path):
     upload = png(np.rint(anatomy(300, 260) * 255).astype(np.uint8))
 
     async def main():
-        engine = Engine(Settings(model_dir=tiny_repo, max_batch=4, warmup_batch_sizes=(1, 4)))
+        engine = Engine(
+            Settings(
+                model_dir=tiny_repo,
+                data_dir=tiny_repo.parent / "engine-data",
+                max_batch=4,
+                warmup_batch_sizes=(1, 4),
+            )
+        )
         await engine.start()
         assert engine.ready
         try:
@@ -87,7 +94,9 @@ def test_bad_upload_is_a_typed_error_and_counted(results) -> None:
 
 def test_provider_in_use_is_logged(tiny_repo: Path, caplog) -> None:
     with caplog.at_level(logging.INFO, logger="chexray.runtime"):
-        Engine(Settings(model_dir=tiny_repo, provider="cpu"))
+        Engine(
+            Settings(model_dir=tiny_repo, data_dir=tiny_repo.parent / "engine-data", provider="cpu")
+        )
     assert "ensemble.onnx (float32) on CPUExecutionProvider" in caplog.text
 
 
@@ -97,7 +106,11 @@ def test_cuda_without_a_gpu_says_what_to_install(tiny_repo: Path) -> None:
     if "CUDAExecutionProvider" in ort.get_available_providers():
         pytest.skip("this machine has the CUDA provider")
     with pytest.raises(RuntimeError, match="install the gpu extra"):
-        Engine(Settings(model_dir=tiny_repo, provider="cuda"))
+        Engine(
+            Settings(
+                model_dir=tiny_repo, data_dir=tiny_repo.parent / "engine-data", provider="cuda"
+            )
+        )
 
 
 def test_settings_from_environment() -> None:
@@ -117,3 +130,19 @@ def test_settings_from_environment() -> None:
         Settings.from_env({"CHEXRAY_MAX_QUEUE": "0"})
     with pytest.raises(SettingsError, match="CHEXRAY_PROVIDER"):
         Settings.from_env({"CHEXRAY_PROVIDER": "tpu"})
+
+
+def test_cpu_optimized_graph_is_cached_and_equivalent(tiny_repo: Path, tmp_path: Path) -> None:
+    from convert.reference import random_images
+
+    cached = Engine(Settings(model_dir=tiny_repo, data_dir=tmp_path))
+    (marker,) = (tmp_path / "ort-cache").glob("*/complete")
+    assert (marker.parent / "model.data").stat().st_size > 0
+    direct = Engine(Settings(model_dir=tiny_repo, data_dir=tmp_path, optimized_cache=False))
+    images = random_images(3, *cached.input_size, seed=5)
+    a, b = cached._run_batch(0, images), direct._run_batch(0, images)
+    for name in a:
+        np.testing.assert_allclose(a[name], b[name], atol=1e-5)
+    again = Engine(Settings(model_dir=tiny_repo, data_dir=tmp_path))  # reuses the cache
+    assert len(list((tmp_path / "ort-cache").iterdir())) == 1
+    np.testing.assert_allclose(again._run_batch(0, images)["probabilities"], a["probabilities"])

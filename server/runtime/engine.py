@@ -67,7 +67,12 @@ class Engine:
         self.metrics = EngineMetrics("ensemble", registry)
         self.input_size = tuple(int(d) for d in self.manifest.input.shape[1:])
         self.sessions = [
-            open_session(self.manifest, settings.model_dir, settings)
+            open_session(
+                self.manifest,
+                settings.model_dir,
+                settings,
+                settings.ort_cache_dir if settings.optimized_cache else None,
+            )
             for _ in range(settings.instances)
         ]
         self.provider = self.sessions[0].get_providers()[0]

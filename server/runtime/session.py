@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import platform
+import shutil
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,7 +24,9 @@ def _cuda_available() -> bool:
     return "CUDAExecutionProvider" in ort.get_available_providers()
 
 
-def open_session(manifest: Manifest, directory: Path, config: Settings):
+def open_session(
+    manifest: Manifest, directory: Path, config: Settings, cache_dir: Path | None = None
+):
     """One InferenceSession of the fused graph (fp16 on CUDA when the manifest has it).
 
     Spin-waiting threads (off by default) burn the cores the event loop and decoding need
@@ -38,21 +44,13 @@ def open_session(manifest: Manifest, directory: Path, config: Settings):
     if use_cuda and config.fp16_on_gpu and manifest.fused_fp16 is not None:
         graph = manifest.fused_fp16
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = config.intra_op_threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.enable_cpu_mem_arena = config.cpu_mem_arena
-    options.graph_optimization_level = {
-        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-    }[config.graph_optimization]
-    spin = "1" if config.allow_spinning else "0"
-    options.add_session_config_entry("session.intra_op.allow_spinning", spin)
-    options.add_session_config_entry("session.inter_op.allow_spinning", spin)
-    options.log_severity_level = 3
+    level = config.graph_optimization
+    path = Path(directory) / graph.file
+    if not use_cuda and cache_dir is not None and level == "all":
+        cached = _optimized_copy(path, graph.sha256, cache_dir, config)
+        if cached is not None:  # already optimized for this CPU: load it as it is
+            path, level = cached, "disable"
+    options = _options(config, level)
 
     providers: list = ["CPUExecutionProvider"]
     if use_cuda:
@@ -68,6 +66,78 @@ def open_session(manifest: Manifest, directory: Path, config: Settings):
                 },
             ),
         )
-    session = ort.InferenceSession(str(Path(directory) / graph.file), options, providers=providers)
+    session = ort.InferenceSession(str(path), options, providers=providers)
     log.info("loaded %s (%s) on %s", graph.file, graph.dtype, ", ".join(session.get_providers()))
     return session
+
+
+def _options(config: Settings, level: str):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = config.intra_op_threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.enable_cpu_mem_arena = config.cpu_mem_arena
+    options.enable_mem_pattern = config.mem_pattern
+    options.graph_optimization_level = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[level]
+    spin = "1" if config.allow_spinning else "0"
+    options.add_session_config_entry("session.intra_op.allow_spinning", spin)
+    options.add_session_config_entry("session.inter_op.allow_spinning", spin)
+    options.log_severity_level = 3
+    return options
+
+
+def cpu_signature() -> str:
+    """What makes an optimized graph valid on this machine: CPU model and features."""
+    model = flags = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and not model:
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and not flags:
+                flags = line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return f"{platform.machine()}|{model}|{flags}"
+
+
+def _optimized_copy(src: Path, sha256: str, cache_dir: Path, config: Settings) -> Path | None:
+    """The fused graph after onnxruntime's full optimisation for this CPU, saved once with
+    its weights in an external file. Loading that file skips the optimiser (whose copies
+    of the weights doubled the resident memory) and maps the weights instead of reading
+    them. Keyed by graph, onnxruntime version and CPU; None if it cannot be made."""
+    import onnxruntime as ort
+
+    key = hashlib.sha256(f"{sha256}|{ort.__version__}|{cpu_signature()}".encode()).hexdigest()
+    folder = Path(cache_dir) / key[:20]
+    model = folder / "model.onnx"
+    if (folder / "complete").is_file():
+        return model
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=folder.parent))
+        options = _options(config, "all")
+        options.optimized_model_filepath = str(tmp / "model.onnx")
+        options.add_session_config_entry(
+            "session.optimized_model_external_initializers_file_name", "model.data"
+        )
+        options.add_session_config_entry(
+            "session.optimized_model_external_initializers_min_size_in_bytes", "1024"
+        )
+        ort.InferenceSession(str(src), options, providers=["CPUExecutionProvider"])
+        (tmp / "complete").write_text(f"{src.name} {sha256}\n")
+        try:
+            tmp.rename(folder)
+        except OSError:  # another process finished first: use its copy
+            shutil.rmtree(tmp, ignore_errors=True)
+        log.info("saved the CPU-optimized graph in %s", folder)
+        return model
+    except Exception as exc:
+        log.warning("cannot cache the optimized graph in %s (%s): optimizing at load", folder, exc)
+        return None
