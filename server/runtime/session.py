@@ -6,6 +6,8 @@ import hashlib
 import logging
 import platform
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -47,7 +49,7 @@ def open_session(
     level = config.graph_optimization
     path = Path(directory) / graph.file
     if not use_cuda and cache_dir is not None and level == "all":
-        cached = _optimized_copy(path, graph.sha256, cache_dir, config)
+        cached = _optimized_copy(path, graph.sha256, cache_dir)
         if cached is not None:  # already optimized for this CPU: load it as it is
             path, level = cached, "disable"
     options = _options(config, level)
@@ -107,7 +109,7 @@ def cpu_signature() -> str:
     return f"{platform.machine()}|{model}|{flags}"
 
 
-def _optimized_copy(src: Path, sha256: str, cache_dir: Path, config: Settings) -> Path | None:
+def _optimized_copy(src: Path, sha256: str, cache_dir: Path) -> Path | None:
     """The fused graph after onnxruntime's full optimisation for this CPU, saved once with
     its weights in an external file. Loading that file skips the optimiser (whose copies
     of the weights doubled the resident memory) and maps the weights instead of reading
@@ -122,15 +124,15 @@ def _optimized_copy(src: Path, sha256: str, cache_dir: Path, config: Settings) -
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=folder.parent))
-        options = _options(config, "all")
-        options.optimized_model_filepath = str(tmp / "model.onnx")
-        options.add_session_config_entry(
-            "session.optimized_model_external_initializers_file_name", "model.data"
+        # In a child process: the optimiser's peak (several copies of the weights) would
+        # otherwise stay in this long-lived process's memory.
+        subprocess.run(
+            [sys.executable, "-m", "server.runtime.session", str(src), str(tmp / "model.onnx")],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=1800,
         )
-        options.add_session_config_entry(
-            "session.optimized_model_external_initializers_min_size_in_bytes", "1024"
-        )
-        ort.InferenceSession(str(src), options, providers=["CPUExecutionProvider"])
         (tmp / "complete").write_text(f"{src.name} {sha256}\n")
         try:
             tmp.rename(folder)
@@ -138,6 +140,30 @@ def _optimized_copy(src: Path, sha256: str, cache_dir: Path, config: Settings) -
             shutil.rmtree(tmp, ignore_errors=True)
         log.info("saved the CPU-optimized graph in %s", folder)
         return model
-    except Exception as exc:
-        log.warning("cannot cache the optimized graph in %s (%s): optimizing at load", folder, exc)
+    except (OSError, subprocess.SubprocessError) as exc:
+        detail = getattr(exc, "stderr", "") or exc
+        log.warning(
+            "cannot cache the optimized graph in %s (%s): optimizing at load", folder, detail
+        )
         return None
+
+
+def save_optimized(src: Path, dest: Path) -> None:
+    """Optimize `src` fully for this CPU and save it as `dest` + `model.data` beside it."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    options.optimized_model_filepath = str(dest)
+    options.add_session_config_entry(
+        "session.optimized_model_external_initializers_file_name", "model.data"
+    )
+    options.add_session_config_entry(
+        "session.optimized_model_external_initializers_min_size_in_bytes", "1024"
+    )
+    ort.InferenceSession(str(src), options, providers=["CPUExecutionProvider"])
+
+
+if __name__ == "__main__":
+    save_optimized(Path(sys.argv[1]), Path(sys.argv[2]))
