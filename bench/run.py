@@ -323,36 +323,16 @@ def plot(report: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    s = report["server"]["levels"]
-    ax.plot(
-        [x["images_per_s"] for x in s],
-        [x["p99_ms"] / 1e3 for x in s],
-        "o-",
-        label="CheXray server (p99)",
-    )
-    for x in s:
-        ax.annotate(
-            f"{x['users']}",
-            (x["images_per_s"], x["p99_ms"] / 1e3),
-            textcoords="offset points",
-            xytext=(4, 4),
-            fontsize=8,
-        )
+    series = [("CheXray server (p99)", "o-", report["server"]["levels"])]
     if report.get("baseline"):
-        b = report["baseline"]["levels"]
-        ax.plot(
-            [x["images_per_s"] for x in b],
-            [x["p99_ms"] / 1e3 for x in b],
-            "s--",
-            label="seed architecture (p99)",
-        )
-        for x in b:
+        series.append(("seed architecture (p99)", "s--", report["baseline"]["levels"]))
+    for label, style, levels in series:
+        xs = [x["images_per_s"] for x in levels]
+        ys = [x["p99_ms"] / 1e3 for x in levels]
+        ax.plot(xs, ys, style, label=label)
+        for x, y, level in zip(xs, ys, levels, strict=True):
             ax.annotate(
-                f"{x['users']}",
-                (x["images_per_s"], x["p99_ms"] / 1e3),
-                textcoords="offset points",
-                xytext=(4, 4),
-                fontsize=8,
+                str(level["users"]), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8
             )
     limit = max(r["images_per_s"] for r in report["engine"]["rows"])
     ax.axvline(limit, color="grey", linestyle=":", label=f"engine limit {limit:.2f} images/s")
