@@ -46,11 +46,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     # Dynamic batching (Triton's terms): a batch runs when it holds max_batch images or
     # when its first image has waited max_wait_ms; max_queue bounds what waits.
-    max_batch: int = 4
+    max_batch: int = 2
     max_wait_ms: float = 5.0
     max_queue: int = 64
     instances: int = 1  # sessions running batches side by side (useful on a GPU)
-    warmup_batch_sizes: tuple[int, ...] = (1, 4)
+    warmup_batch_sizes: tuple[int, ...] = (1, 2)
 
     # onnxruntime.
     provider: Literal["auto", "cuda", "cpu"] = "auto"
