@@ -10,7 +10,7 @@ PRESET ?= default
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[cpu,convert,dev]'
+	$(BIN)/python -m pip install -q -e '.[cpu,convert,evaluate,dev]'
 	rm -f $(VENV)/.installed-* && touch $@
 
 setup: $(STAMP)
@@ -43,4 +43,4 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 
 clean-models:
-	rm -rf models_onnx/*.onnx models_onnx/parts models_onnx/manifest*.json
+	rm -rf models_onnx/*.onnx models_onnx/parts models_onnx/manifest*.json models_onnx/versions

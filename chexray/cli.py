@@ -30,6 +30,34 @@ def settings_help() -> str:
     return "\n".join(lines)
 
 
+def _versions(args: argparse.Namespace) -> int:
+    from server.runtime.manifest import RepositoryError, load_manifest
+    from server.runtime.repository import archived_versions, use_version
+
+    directory = args.dir or default_model_dir()
+    if args.models_command == "use":
+        try:
+            manifest = use_version(directory, args.version)
+        except RepositoryError as exc:
+            print(f"chexray models use: error: {exc}")
+            return 2
+        print(f"Version {manifest.version} installed; restart the server to serve it.")
+        return 0
+    try:
+        current = load_manifest(directory).version
+    except RepositoryError:
+        current = None
+    for m in archived_versions(directory):
+        how = (
+            f"calibrated on {m.calibration.data} ({m.calibration.images} images)"
+            if m.calibration
+            else f"built by chexray convert ({m.preset})"
+        )
+        mark = "*" if m.version == current else " "
+        print(f"{mark} {m.version:<24} {m.created}  {how}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="chexray", description="Chest X-ray inference server.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -62,10 +90,34 @@ def main(argv: list[str] | None = None) -> int:
         help="fail instead of building a missing model repository",
     )
 
+    from evaluation.cli import add_calibrate_arguments, add_evaluate_arguments
+
+    add_evaluate_arguments(
+        sub.add_parser(
+            "evaluate",
+            help="AUC, ROC and rates at the thresholds on a labelled set (CheXpert CSV)",
+        ),
+        default_model_dir(),
+    )
+    add_calibrate_arguments(
+        sub.add_parser(
+            "calibrate",
+            help="fit thresholds and ensemble weights on a labelled set; new model version",
+        ),
+        default_model_dir(),
+    )
+
     models = sub.add_parser("models", help="inspect the model repository")
     msub = models.add_subparsers(dest="models_command", required=True)
     check = msub.add_parser("check", help="verify files, checksums and manifest; print a summary")
     check.add_argument("dir", nargs="?", type=Path, default=None)
+    versions = msub.add_parser("versions", help="list the archived manifest versions")
+    versions.add_argument("--dir", type=Path, default=None)
+    use = msub.add_parser(
+        "use", help="serve an archived version again (after a restart), e.g. to undo a calibration"
+    )
+    use.add_argument("version")
+    use.add_argument("--dir", type=Path, default=None)
 
     args = parser.parse_args(argv)
     if args.command == "convert":
@@ -80,6 +132,16 @@ def main(argv: list[str] | None = None) -> int:
 
         overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
         return serve(overrides, preset=args.preset, build=not args.no_build)
+    if args.command == "evaluate":
+        from evaluation.cli import run_evaluate
+
+        return run_evaluate(args)
+    if args.command == "calibrate":
+        from evaluation.cli import run_calibrate
+
+        return run_calibrate(args)
+    if args.command == "models" and args.models_command in ("versions", "use"):
+        return _versions(args)
     if args.command == "models" and args.models_command == "check":
         from server.runtime.manifest import RepositoryError
         from server.runtime.repository import describe, verify_repository

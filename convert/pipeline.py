@@ -52,11 +52,12 @@ from server.runtime.manifest import (
     RepositoryError,
     TensorSpec,
     Thresholds,
-    encode_manifest,
     load_manifest,
+    model_version,
     normalise_weights,
     sha256_file,
 )
+from server.runtime.repository import install_manifest
 
 Log = Callable[[str], None]
 
@@ -356,11 +357,7 @@ def convert_repository(
             )
 
     thresholds = Thresholds(DEFAULT_THRESHOLDS, DEFAULT_THRESHOLDS_SOURCE)
-    version = (
-        preset.name
-        + "-"
-        + _key(fused.sha256, fused16 and fused16.sha256, thresholds, cam.class_map)[:12]
-    )
+    version = model_version(preset.name, fused, fused16, thresholds, cam.class_map)
     if old is not None and old.version == version:
         log(f"Repository is up to date (version {version}).")
         return old
@@ -389,9 +386,12 @@ def convert_repository(
         opset=OPSET,
         versions=versions,
     )
-    tmp = out / (MANIFEST_NAME + ".tmp")
-    tmp.write_bytes(encode_manifest(manifest))
-    os.replace(tmp, out / MANIFEST_NAME)
+    if old is not None and old.calibration is not None:
+        log(
+            f"warning: this build replaces the calibrated weights and thresholds of version "
+            f"{old.version}; `chexray models use {old.version}` serves them again"
+        )
+    install_manifest(out, manifest)
     log(f"Wrote {out / MANIFEST_NAME}: version {version} in {time.perf_counter() - started:.1f} s")
     return manifest
 

@@ -2,6 +2,7 @@
 
     python tests/make_keras_files.py keras3 DIR   # Keras 3 files (.keras, bad models)
     python tests/make_keras_files.py legacy DIR   # Keras 2 files written by tf_keras
+    python tests/make_keras_files.py informative DIR  # a member that reads tests/labelled_set
 
 Beside each good file it saves `<name>.expected.npy`: the source model's output on the
 reference inputs, so a test can tell trained weights from a random initialisation.
@@ -43,7 +44,28 @@ def expected(model, name: str, size) -> None:
     np.save(OUT / f"{name}.expected.npy", np.asarray(model(x, training=False)))
 
 
-if MODE == "keras3":
+if MODE == "informative":
+    # Finding k's probability rises with the brightness of its cell minus its mirror cell
+    # (see tests/labelled_set.py): informative by construction, no training needed. The
+    # distractor member reads the cell that brightens at random for all five findings.
+    from tests.labelled_set import CELLS, DISTRACTOR, GRID
+
+    for name, cells in (("densenet121", CELLS), ("xception", [DISTRACTOR] * 5)):
+        spec = SPECS[name]
+        h, w = spec.input_size
+        gain = 20.0 * spec.preprocess.std[0] / 255.0  # the same evidence on either input scale
+        inp = keras.Input((h, w, 3))
+        x = keras.layers.AveragePooling2D((h // GRID, w // GRID))(inp)
+        x = keras.layers.Flatten()(x)  # index (row * GRID + column) * 3 + channel
+        dense = keras.layers.Dense(5, activation="sigmoid")
+        model = keras.Model(inp, dense(x))
+        kernel = np.zeros((GRID * GRID * 3, 5), np.float32)
+        for k, (r, c) in enumerate(cells):
+            kernel[(r * GRID + c) * 3, k] = gain
+            kernel[(r * GRID + GRID - 1 - c) * 3, k] = -gain
+        dense.set_weights([kernel, np.full(5, -1.6, np.float32)])
+        model.save(OUT / f"{name}.keras")
+elif MODE == "keras3":
     # A full model with a head unlike the default one.
     spec = SPECS["xception"]
     inp = keras.Input((*spec.input_size, 3))

@@ -138,6 +138,11 @@ class Engine:
         outputs = self.sessions[instance].run(list(OUTPUTS), {"image": batch})
         return dict(zip(OUTPUTS, outputs, strict=True))
 
+    def run_batch(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """One fused-graph run on a prepared [N, H, W] uint8 batch, outside the batcher:
+        for offline work (evaluation) that forms its own batches."""
+        return self._run_batch(0, batch)
+
     def prepare(self, data: bytes) -> tuple[DecodedImage, np.ndarray, float, float]:
         """Decode and resize (CPU-bound, runs in the pool)."""
         t0 = time.perf_counter()

@@ -100,6 +100,37 @@ class TensorSpec(msgspec.Struct, frozen=True):
     shape: list[int | str]
 
 
+class FoldAUC(msgspec.Struct, frozen=True):
+    """Held-out AUC of one weighting of the ensemble, mean and sd over the CV folds."""
+
+    mean: float
+    sd: float
+
+
+class FindingCalibration(msgspec.Struct, frozen=True):
+    finding: str
+    positives: int
+    negatives: int
+    fitted: FoldAUC  # weights fitted on the other folds
+    previous: FoldAUC  # the weights served before this calibration
+    seed: FoldAUC  # the seed's hand-set matrix
+    equal: FoldAUC
+    weights_from: str  # "fitted", or why the previous weights were kept
+
+
+class Calibration(msgspec.Struct, frozen=True):
+    """Where the served thresholds and weights came from, when `chexray calibrate` set them."""
+
+    created: str
+    data: str  # the labelled CSV
+    images: int
+    label_policy: dict[str, str]
+    method: str
+    folds: int
+    previous_version: str
+    findings: list[FindingCalibration]
+
+
 class Manifest(msgspec.Struct, frozen=True):
     schema_version: int
     preset: str
@@ -117,6 +148,7 @@ class Manifest(msgspec.Struct, frozen=True):
     fused_fp16: GraphFile | None
     opset: int
     versions: dict[str, str]
+    calibration: Calibration | None = None
 
     @property
     def trained(self) -> bool:
@@ -145,6 +177,18 @@ def normalise_weights(weights: list[list[float]]) -> list[list[float]]:
         for row in out:
             row[d] = row[d] / total
     return out
+
+
+def model_version(
+    preset: str,
+    fused: GraphFile,
+    fused_fp16: GraphFile | None,
+    thresholds: Thresholds,
+    class_map: dict[str, int],
+) -> str:
+    """The served model's version: a hash of everything that changes what users get back."""
+    parts = [fused.sha256, fused_fp16 and fused_fp16.sha256, thresholds, class_map]
+    return preset + "-" + hashlib.sha256(msgspec.json.encode(parts)).hexdigest()[:12]
 
 
 def sha256_file(path: Path) -> str:

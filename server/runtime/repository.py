@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from server.runtime.manifest import (
     FINDINGS,
+    MANIFEST_NAME,
     Manifest,
     RepositoryError,
+    decode_manifest,
+    encode_manifest,
     load_manifest,
     sha256_file,
 )
@@ -23,13 +27,11 @@ def repository_files(manifest: Manifest) -> list[tuple[str, str]]:
     return files
 
 
-def verify_repository(directory: Path) -> Manifest:
-    """Load the manifest and check that each file it names is present and intact."""
-    directory = Path(directory)
-    manifest = load_manifest(directory)
+def check_files(manifest: Manifest, directory: Path) -> None:
+    """Raise RepositoryError unless every file the manifest names is present and intact."""
     problems = []
     for rel, expected in repository_files(manifest):
-        path = directory / rel
+        path = Path(directory) / rel
         if not path.is_file():
             problems.append(f"{path}: missing")
         elif (actual := sha256_file(path)) != expected:
@@ -43,6 +45,67 @@ def verify_repository(directory: Path) -> Manifest:
             + "\n  ".join(problems)
             + "\nrebuild it with `chexray convert`"
         )
+
+
+def verify_repository(directory: Path) -> Manifest:
+    """Load the manifest and check that each file it names is present and intact."""
+    manifest = load_manifest(Path(directory))
+    check_files(manifest, directory)
+    return manifest
+
+
+# Every manifest that was ever served stays in versions/<version>.json, so that a
+# calibration or a rebuild can be undone with `chexray models use VERSION`.
+VERSIONS_DIR = "versions"
+
+
+def _archive(directory: Path, manifest: Manifest) -> None:
+    folder = Path(directory) / VERSIONS_DIR
+    folder.mkdir(exist_ok=True)
+    path = folder / f"{manifest.version}.json"
+    if not path.exists():
+        _write_atomic(path, encode_manifest(manifest))
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def install_manifest(directory: Path, manifest: Manifest) -> None:
+    """Make `manifest` the served one; the one it replaces is archived first."""
+    directory = Path(directory)
+    try:
+        current: Manifest | None = load_manifest(directory)
+    except RepositoryError:
+        current = None
+    if current is not None:
+        _archive(directory, current)
+    _archive(directory, manifest)
+    _write_atomic(directory / MANIFEST_NAME, encode_manifest(manifest))
+
+
+def archived_versions(directory: Path) -> list[Manifest]:
+    """The archived manifests, oldest first (unreadable ones are skipped)."""
+    found = []
+    for path in sorted((Path(directory) / VERSIONS_DIR).glob("*.json")):
+        try:
+            found.append(decode_manifest(path.read_bytes(), str(path)))
+        except RepositoryError:
+            continue
+    return sorted(found, key=lambda m: m.created)
+
+
+def use_version(directory: Path, version: str) -> Manifest:
+    """Serve an archived version again (after a restart), if its files are all still there."""
+    path = Path(directory) / VERSIONS_DIR / f"{version}.json"
+    if not path.is_file():
+        known = [m.version for m in archived_versions(directory)]
+        raise RepositoryError(f"no archived version {version!r} in {path.parent}; known: {known}")
+    manifest = decode_manifest(path.read_bytes(), str(path))
+    check_files(manifest, directory)
+    install_manifest(directory, manifest)
     return manifest
 
 
@@ -95,4 +158,9 @@ def describe(manifest: Manifest, directory: Path) -> str:
     for m, row in zip(manifest.members, manifest.weights_normalised, strict=True):
         lines.append(f"  {'weight ' + m.name:<28}" + "".join(f"{w:>17.3f}" for w in row))
     lines.append(f"  thresholds: {manifest.thresholds.source}")
+    if (c := manifest.calibration) is not None:
+        lines.append(
+            f"  calibrated {c.created} on {c.data} ({c.images} images, {c.folds}-fold CV), "
+            f"previous version {c.previous_version}"
+        )
     return "\n".join(lines)

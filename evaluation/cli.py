@@ -1,0 +1,195 @@
+"""`chexray evaluate` and `chexray calibrate`: arguments and the order of the work."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from evaluation.labels import POLICIES, LabelError, LabelledSet, parse_policy, read_labelled_csv
+from server.runtime.manifest import Manifest, RepositoryError
+from server.runtime.repository import verify_repository
+
+if TYPE_CHECKING:
+    from evaluation.scoring import Scores
+
+
+def _common(p: argparse.ArgumentParser, default_model_dir: Path) -> None:
+    p.add_argument(
+        "--csv",
+        type=Path,
+        required=True,
+        help="labels: CheXpert's CSV (Path, Sex, Age, Frontal/Lateral, AP/PA, 14 observations) "
+        "or a plain CSV of `path` and the five findings (1, 0, -1 uncertain, blank negative)",
+    )
+    p.add_argument(
+        "--images",
+        type=Path,
+        help="the folder image paths are relative to (default: the CSV's folder); for "
+        "CheXpert, the folder that holds CheXpert-v1.0-small/ or that folder itself",
+    )
+    p.add_argument(
+        "--uncertain",
+        action="append",
+        metavar="[FINDING=]POLICY",
+        help=f"uncertain (-1) labels: one of {', '.join(POLICIES)}, for every finding or "
+        "for one (repeatable). Default U-Ones for Atelectasis and Edema, U-Zeros for the "
+        "rest (Pham et al.)",
+    )
+    p.add_argument("--frontal-only", action="store_true", help="skip lateral views")
+    p.add_argument("--limit", type=int, help="evaluate the first N rows that pass the filters")
+    p.add_argument("--batch-size", type=int, default=8, help="images per engine run (default 8)")
+    p.add_argument("--model-dir", type=Path, default=default_model_dir)
+    p.add_argument("--out", type=Path, help="report folder (default: reports/<kind>-<version>)")
+    p.add_argument("--no-figure", action="store_true", help="skip the ROC figure (no matplotlib)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def add_evaluate_arguments(p: argparse.ArgumentParser, default_model_dir: Path) -> None:
+    _common(p, default_model_dir)
+
+
+def add_calibrate_arguments(p: argparse.ArgumentParser, default_model_dir: Path) -> None:
+    _common(p, default_model_dir)
+    p.add_argument("--folds", type=int, default=5, help="cross-validation folds (default 5)")
+    p.add_argument("--grid-step", type=float, default=0.05, help="weight grid step (default 0.05)")
+    p.add_argument("--seed", type=int, default=0, help="fold assignment seed")
+    p.add_argument(
+        "--scores",
+        type=Path,
+        help="reuse scores.npz from an earlier `chexray evaluate` of the same CSV and "
+        "networks instead of running the images again",
+    )
+    p.add_argument("--dry-run", action="store_true", help="report only; change nothing")
+
+
+def _labelled(args: argparse.Namespace) -> LabelledSet:
+    if not args.no_figure and importlib.util.find_spec("matplotlib") is None:
+        raise LabelError(
+            "the ROC figure needs matplotlib: pip install 'chexray[evaluate]', or pass --no-figure"
+        )
+    return read_labelled_csv(
+        args.csv,
+        args.images,
+        parse_policy(args.uncertain),
+        frontal_only=args.frontal_only,
+        limit=args.limit,
+    )
+
+
+def _scores(args: argparse.Namespace, labelled: LabelledSet) -> tuple[Scores, Manifest]:
+    from evaluation.scoring import Scores, score
+    from server.runtime.engine import Engine
+    from server.settings import Settings
+
+    saved = getattr(args, "scores", None)
+    if saved is not None:
+        manifest = verify_repository(args.model_dir)
+        return Scores.load(saved, manifest).relabelled(labelled, manifest), manifest
+    engine = Engine(Settings.from_env(model_dir=args.model_dir))
+    print(
+        f"Scoring {len(labelled.paths)} images with model {engine.manifest.version} on "
+        f"{engine.provider} in batches of {args.batch_size}",
+        file=sys.stderr,
+    )
+    return score(engine, labelled, args.batch_size, progress=not args.quiet), engine.manifest
+
+
+def _out_dir(args: argparse.Namespace, kind: str, version: str) -> Path:
+    out = args.out or Path("reports") / f"{kind}-{version}"
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _write(out: Path, name: str, report: msgspec.Struct, markdown: str) -> None:
+    (out / f"{name}.json").write_bytes(
+        msgspec.json.format(msgspec.json.encode(report), indent=2) + b"\n"
+    )
+    (out / f"{name}.md").write_text(markdown)
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from evaluation.report import evaluation_markdown, evaluation_report, roc_figure
+
+    try:
+        labelled = _labelled(args)
+        scores, manifest = _scores(args, labelled)
+    except (LabelError, RepositoryError, ValueError) as exc:
+        print(f"chexray evaluate: {exc}")
+        return 2
+    if not scores.paths:
+        print(f"chexray evaluate: none of the {len(labelled.paths)} images could be read")
+        return 2
+    out = _out_dir(args, "evaluation", scores.model_version)
+    report = evaluation_report(labelled, scores, manifest)
+    if not args.no_figure:
+        curves = {
+            **{n: scores.member_probabilities[:, i] for i, n in enumerate(scores.members)},
+            "ensemble": scores.probabilities,
+        }
+        roc_figure(
+            out / "roc.png",
+            scores.labels,
+            curves,
+            {"served threshold": ("ensemble", manifest.thresholds.values)},
+            f"Model {scores.model_version}\n{len(scores.paths)} images from\n{labelled.source}",
+        )
+        report = msgspec.structs.replace(report, figure="roc.png")
+    scores.save(out / "scores.npz")
+    _write(out, "evaluation", report, evaluation_markdown(report))
+    print(evaluation_markdown(report))
+    print(f"Report: {out / 'evaluation.md'} (and .json, roc.png, scores.npz)")
+    return 0
+
+
+def run_calibrate(args: argparse.Namespace) -> int:
+    from convert.presets import SEED_WEIGHTS
+    from evaluation.calibrate import (
+        apply,
+        calibration_markdown,
+        calibration_report,
+        plan,
+    )
+    from evaluation.report import data_summary, roc_figure
+
+    try:
+        labelled = _labelled(args)
+        scores, manifest = _scores(args, labelled)
+        if not scores.paths:
+            raise ValueError(f"none of the {len(labelled.paths)} images could be read")
+        p = plan(scores, manifest, SEED_WEIGHTS, args.folds, args.grid_step, args.seed)
+    except (LabelError, RepositoryError, ValueError) as exc:
+        print(f"chexray calibrate: {exc}")
+        return 2
+    out = _out_dir(args, "calibration", manifest.version)
+    figure = None
+    if not args.no_figure:
+        roc_figure(
+            out / "roc.png",
+            scores.labels,
+            {"served before": scores.probabilities, "calibrated": scores.ensemble(p.weights)},
+            {
+                "threshold before": ("served before", manifest.thresholds.values),
+                "calibrated threshold": ("calibrated", p.thresholds),
+            },
+            f"Calibration of {manifest.version}\n{len(scores.paths)} images from\n"
+            f"{labelled.source}",
+        )
+        figure = "roc.png"
+    new_version = None
+    if not args.dry_run:
+        try:
+            new_version = apply(p, args.model_dir, labelled, scores).version
+        except RepositoryError as exc:
+            print(f"chexray calibrate: {exc}")
+            return 2
+    report = calibration_report(p, data_summary(labelled, scores), new_version, figure)
+    markdown = calibration_markdown(report)
+    _write(out, "calibration", report, markdown)
+    print(markdown)
+    print(f"Report: {out / 'calibration.md'} (and .json" + (", roc.png)" if figure else ")"))
+    return 0
