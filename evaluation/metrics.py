@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import msgspec
 import numpy as np
 
 Z95 = 1.959963984540054  # two-sided 95 % normal quantile
@@ -138,8 +139,7 @@ def youden_threshold(labels: np.ndarray, scores: np.ndarray) -> tuple[float, flo
     return float((thr[best] + below) / 2.0), float(j[best])
 
 
-@dataclass(frozen=True)
-class Rates:
+class Rates(msgspec.Struct, frozen=True, kw_only=True):
     threshold: float
     sensitivity: float
     specificity: float

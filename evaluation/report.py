@@ -12,6 +12,7 @@ import numpy as np
 from evaluation.labels import LabelledSet
 from evaluation.metrics import (
     CATEGORICAL_ACCURACY_DEFINITION,
+    Rates,
     auc,
     categorical_accuracy,
     rates_at,
@@ -34,18 +35,8 @@ class NetworkAUC(msgspec.Struct, frozen=True):
     average: float | None  # mean over the findings that have an AUC
 
 
-class ThresholdRates(msgspec.Struct, frozen=True):
+class ThresholdRates(Rates, frozen=True, kw_only=True):
     finding: str
-    threshold: float
-    sensitivity: float
-    specificity: float
-    ppv: float
-    npv: float
-    accuracy: float
-    tp: int
-    fp: int
-    tn: int
-    fn: int
 
 
 class LabelCounts(msgspec.Struct, frozen=True):
@@ -124,22 +115,8 @@ def threshold_rates(labels: np.ndarray, scores: np.ndarray, thresholds: list[flo
         if not keep.any():
             continue
         r = rates_at(labels[keep, d], scores[keep, d], thresholds[d])
-        out.append(ThresholdRates(finding, **{k: getattr(r, k) for k in _RATE_FIELDS}))
+        out.append(ThresholdRates(finding=finding, **msgspec.structs.asdict(r)))
     return out
-
-
-_RATE_FIELDS = (
-    "threshold",
-    "sensitivity",
-    "specificity",
-    "ppv",
-    "npv",
-    "accuracy",
-    "tp",
-    "fp",
-    "tn",
-    "fn",
-)
 
 
 def evaluation_report(

@@ -167,6 +167,11 @@ def test_calibrate_fits_weights_and_thresholds_and_the_server_serves_them(
     # After a restart the server answers with the new version, weights and thresholds.
     with running_server(repo, tmp_path / "after") as (base, _):
         served_after = predict(base, image)
+        info = httpx.get(base + "/api/v1/models", timeout=10).json()
+    assert info["version"] == after.version
+    assert info["calibration"]["previous_version"] == before.version
+    assert info["calibration"]["data"] == "valid.csv" and info["calibration"]["images"] == 201
+    assert set(info["calibration"]["held_out_auc"]) == set(FINDINGS)
     assert served_after["model_version"] == after.version
     members = np.array([[m["probabilities"][f] for f in FINDINGS] for m in served_after["members"]])
     by_name = {f["name"]: f for f in served_after["findings"]}

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from litestar import Response, get
 from litestar.datastructures import State
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from server.api.deps import DbDep, EngineDep, SettingsDep
-from server.api.schemas import Health, MemberInfo, ModelsOut
+from server.api.schemas import CalibrationInfo, Health, MemberInfo, ModelsOut
 from server.runtime.engine import Engine
-from server.runtime.manifest import FINDINGS
+from server.runtime.manifest import FINDINGS, Calibration
 
 
 @get("/health/live", tags=["operations"])
@@ -87,4 +89,15 @@ async def models(engine: EngineDep, settings: SettingsDep) -> ModelsOut:
         fused_file=m.fused.file,
         max_batch=settings.max_batch,
         max_wait_ms=settings.max_wait_ms,
+        calibration=_calibration(m.calibration),
     )
+
+
+def _calibration(c: Calibration | None) -> CalibrationInfo | None:
+    if c is None:
+        return None
+    held_out = {}
+    for f in c.findings:
+        served = f.weights_from if f.weights_from in ("fitted", "seed", "equal") else "previous"
+        held_out[f.finding] = getattr(f, served).mean
+    return CalibrationInfo(c.created, Path(c.data).name, c.images, c.previous_version, held_out)

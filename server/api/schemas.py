@@ -167,6 +167,16 @@ class MemberInfo(msgspec.Struct):
     weights: dict[str, float]  # normalised, per finding
 
 
+class CalibrationInfo(msgspec.Struct):
+    """Set when `chexray calibrate` chose the weights and thresholds being served."""
+
+    created: str
+    data: str  # the labelled CSV's file name
+    images: int
+    previous_version: str
+    held_out_auc: dict[str, float]  # per finding, the served weighting's cross-validated AUC
+
+
 class ModelsOut(msgspec.Struct):
     version: str
     preset: str
@@ -181,6 +191,7 @@ class ModelsOut(msgspec.Struct):
     fused_file: str
     max_batch: int
     max_wait_ms: float
+    calibration: CalibrationInfo | None = None
 
 
 class Health(msgspec.Struct, omit_defaults=True):
