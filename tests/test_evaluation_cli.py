@@ -110,7 +110,7 @@ def predict(base: str, image: bytes) -> dict:
 
 
 def test_calibrate_fits_weights_and_thresholds_and_the_server_serves_them(
-    informative_repo: Path, labelled: tuple[Path, Path], tmp_path: Path
+    informative_repo: Path, labelled: tuple[Path, Path], tmp_path: Path, capsys
 ) -> None:
     repo = tmp_path / "repo"
     shutil.copytree(informative_repo, repo)
@@ -184,5 +184,11 @@ def test_calibrate_fits_weights_and_thresholds_and_the_server_serves_them(
     assert not np.allclose(old_probs, [by_name[f]["probability"] for f in FINDINGS])
 
     # The previous version can be served again.
+    capsys.readouterr()
+    assert main(["models", "versions", "--dir", str(repo)]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert listed[0].split()[0] == before.version and "chexray convert" in listed[0]
+    assert listed[1].startswith(f"* {after.version}") and "calibrated on" in listed[1]
     assert main(["models", "use", before.version, "--dir", str(repo)]) == 0
     assert verify_repository(repo).version == before.version
+    assert main(["models", "use", "tiny-nonexistent", "--dir", str(repo)]) == 2
