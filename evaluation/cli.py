@@ -13,9 +13,20 @@ import msgspec
 from evaluation.labels import POLICIES, LabelError, LabelledSet, parse_policy, read_labelled_csv
 from server.runtime.manifest import Manifest, RepositoryError
 from server.runtime.repository import verify_repository
+from server.settings import SettingsError
 
 if TYPE_CHECKING:
     from evaluation.scoring import Scores
+
+
+def _at_least(low: int):
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+
+    return parse
 
 
 def _common(p: argparse.ArgumentParser, default_model_dir: Path) -> None:
@@ -41,8 +52,12 @@ def _common(p: argparse.ArgumentParser, default_model_dir: Path) -> None:
         "rest (Pham et al.)",
     )
     p.add_argument("--frontal-only", action="store_true", help="skip lateral views")
-    p.add_argument("--limit", type=int, help="evaluate the first N rows that pass the filters")
-    p.add_argument("--batch-size", type=int, default=8, help="images per engine run (default 8)")
+    p.add_argument(
+        "--limit", type=_at_least(1), help="evaluate the first N rows that pass the filters"
+    )
+    p.add_argument(
+        "--batch-size", type=_at_least(1), default=8, help="images per engine run (default 8)"
+    )
     p.add_argument("--model-dir", type=Path, default=default_model_dir)
     p.add_argument("--out", type=Path, help="report folder (default: reports/<kind>-<version>)")
     p.add_argument("--no-figure", action="store_true", help="skip the ROC figure (no matplotlib)")
@@ -55,7 +70,9 @@ def add_evaluate_arguments(p: argparse.ArgumentParser, default_model_dir: Path) 
 
 def add_calibrate_arguments(p: argparse.ArgumentParser, default_model_dir: Path) -> None:
     _common(p, default_model_dir)
-    p.add_argument("--folds", type=int, default=5, help="cross-validation folds (default 5)")
+    p.add_argument(
+        "--folds", type=_at_least(2), default=5, help="cross-validation folds (default 5)"
+    )
     p.add_argument("--grid-step", type=float, default=0.05, help="weight grid step (default 0.05)")
     p.add_argument("--seed", type=int, default=0, help="fold assignment seed")
     p.add_argument(
@@ -118,7 +135,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     try:
         labelled = _labelled(args)
         scores, manifest = _scores(args, labelled)
-    except (LabelError, RepositoryError, ValueError) as exc:
+    except (LabelError, RepositoryError, SettingsError, ValueError) as exc:
         print(f"chexray evaluate: {exc}")
         return 2
     if not scores.paths:
@@ -162,7 +179,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
         if not scores.paths:
             raise ValueError(f"none of the {len(labelled.paths)} images could be read")
         p = plan(scores, manifest, SEED_WEIGHTS, args.folds, args.grid_step, args.seed)
-    except (LabelError, RepositoryError, ValueError) as exc:
+    except (LabelError, RepositoryError, SettingsError, ValueError) as exc:
         print(f"chexray calibrate: {exc}")
         return 2
     out = _out_dir(args, "calibration", manifest.version)

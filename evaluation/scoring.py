@@ -82,18 +82,23 @@ class Scores:
     @classmethod
     def load(cls, path: Path, manifest: Manifest) -> Scores:
         """Read saved scores; refuse them if the members that made them are not served."""
-        with np.load(path, allow_pickle=False) as z:
-            scores = cls(
-                model_version=str(z["model_version"]),
-                members=[str(x) for x in z["members"]],
-                member_sha256=[str(x) for x in z["member_sha256"]],
-                weights=z["weights"],
-                paths=[str(x) for x in z["paths"]],
-                labels=z["labels"],
-                member_probabilities=z["member_probabilities"],
-                probabilities=z["probabilities"],
-                seconds=float(z["seconds"]),
-            )
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                scores = cls(
+                    model_version=str(z["model_version"]),
+                    members=[str(x) for x in z["members"]],
+                    member_sha256=[str(x) for x in z["member_sha256"]],
+                    weights=z["weights"],
+                    paths=[str(x) for x in z["paths"]],
+                    labels=z["labels"],
+                    member_probabilities=z["member_probabilities"],
+                    probabilities=z["probabilities"],
+                    seconds=float(z["seconds"]),
+                )
+        except (OSError, KeyError, ValueError) as exc:
+            raise ValueError(
+                f"{path}: not a scores.npz written by `chexray evaluate` ({exc})"
+            ) from None
         served = [m.sha256 for m in manifest.members]
         if scores.member_sha256 != served:
             raise ValueError(

@@ -96,6 +96,11 @@ def test_evaluate_says_what_is_wrong(labelled, informative_repo, tmp_path: Path,
     assert "no 'Path'" in capsys.readouterr().out
     assert main(["evaluate", *args(labelled, tmp_path / "nothing", tmp_path / "r")]) == 2
     assert "chexray convert" in capsys.readouterr().out
+    junk = tmp_path / "junk.npz"
+    junk.write_text("not numpy")
+    calibrate = ["calibrate", *args(labelled, informative_repo, tmp_path / "c"), "--scores"]
+    assert main([*calibrate, str(junk)]) == 2
+    assert "not a scores.npz" in capsys.readouterr().out
 
 
 def predict(base: str, image: bytes) -> dict:
