@@ -31,8 +31,8 @@ def settings_help() -> str:
 
 
 def _versions(args: argparse.Namespace) -> int:
-    from server.runtime.manifest import RepositoryError, load_manifest
-    from server.runtime.repository import archived_versions, use_version
+    from server.runtime.manifest import RepositoryError
+    from server.runtime.repository import archived_versions, current_manifest, use_version
 
     directory = args.dir or default_model_dir()
     if args.models_command == "use":
@@ -43,10 +43,7 @@ def _versions(args: argparse.Namespace) -> int:
             return 2
         print(f"Version {manifest.version} installed; restart the server to serve it.")
         return 0
-    try:
-        current = load_manifest(directory).version
-    except RepositoryError:
-        current = None
+    current = getattr(current_manifest(directory), "version", None)
     for m in archived_versions(directory):
         how = (
             f"calibrated on {m.calibration.data} ({m.calibration.images} images)"

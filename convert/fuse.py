@@ -220,7 +220,8 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     return convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=True)
 
 
-def _session(path: Path):
+def cpu_session(path: Path):
+    """An onnxruntime CPU session for checks (quiet logs, default options)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -264,7 +265,9 @@ def fused_parity(
 ) -> Parity:
     """Fused graph vs each network's own ONNX file, fed by the NumPy reference front end."""
     images = random_images(samples, *size, seed=1234)
-    got = dict(zip(OUTPUTS, _session(fused_path).run(list(OUTPUTS), {INPUT: images}), strict=True))
+    got = dict(
+        zip(OUTPUTS, cpu_session(fused_path).run(list(OUTPUTS), {INPUT: images}), strict=True)
+    )
     diffs = []
     expected_members = []
     for part in [*members, cam]:
@@ -273,7 +276,7 @@ def fused_parity(
             if tuple(part.input_size) == tuple(size)
             else _resize_reference(images, part.input_size)
         )
-        session = _session(part.path)
+        session = cpu_session(part.path)
         names = [o.name for o in session.get_outputs()]
         outs = session.run(names, {"input": preprocess(src, part.preprocess)})
         result = dict(zip(names, outs, strict=True))
@@ -299,10 +302,10 @@ def fused_parity(
 
 def fp16_parity(fp32_path: Path, fp16_path: Path, size: tuple[int, int], samples: int) -> Parity:
     images = random_images(samples, *size, seed=4321)
-    a = _session(fp32_path).run(
+    a = cpu_session(fp32_path).run(
         ["probabilities", "member_probabilities", "cam_probabilities"], {INPUT: images}
     )
-    b = _session(fp16_path).run(
+    b = cpu_session(fp16_path).run(
         ["probabilities", "member_probabilities", "cam_probabilities"], {INPUT: images}
     )
     diff = float(max(np.abs(x - y).max() for x, y in zip(a, b, strict=True)))

@@ -10,7 +10,6 @@ import contextlib
 import datetime as dt
 import hashlib
 import importlib.metadata
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -41,23 +40,22 @@ from convert.presets import (
     get_preset,
 )
 from convert.sources import Source, find_sources
+from server.files import write_atomic
 from server.runtime.manifest import (
     FINDINGS,
     MANIFEST_NAME,
     SCHEMA_VERSION,
     CamNetwork,
-    GraphFile,
     Manifest,
     Member,
-    RepositoryError,
     TensorSpec,
     Thresholds,
-    load_manifest,
+    graph_file,
     model_version,
     normalise_weights,
     sha256_file,
 )
-from server.runtime.repository import install_manifest
+from server.runtime.repository import current_manifest, install_manifest
 
 Log = Callable[[str], None]
 
@@ -181,10 +179,7 @@ def convert_repository(
         cam_source = Path(cam_checkpoint)
         if not cam_source.is_file():
             raise ConversionError(f"{cam_source}: no such checkpoint file")
-    try:
-        old: Manifest | None = load_manifest(out)
-    except RepositoryError:
-        old = None
+    old = current_manifest(out)
     if old is not None and old.preset != preset.name:
         old = None
     versions = _versions()
@@ -309,14 +304,7 @@ def convert_repository(
         parity = fused_parity(
             out / fused_rel, parts, cam_part, normalised, preset.input_size, preset.parity_samples
         )
-        fused = GraphFile(
-            fused_rel,
-            sha256_file(out / fused_rel),
-            "float32",
-            parity,
-            (out / fused_rel).stat().st_size,
-            fused_key,
-        )
+        fused = graph_file(out, fused_rel, "float32", parity, fused_key)
         log(
             f"      fused in {time.perf_counter() - t:.1f} s, parity {parity.max_abs_diff:.1e}, "
             f"{fused.size_bytes / 1e6:.1f} MB"
@@ -343,14 +331,7 @@ def convert_repository(
             parity = fp16_parity(
                 out / fused_rel, out / rel16, preset.input_size, preset.parity_samples
             )
-            fused16 = GraphFile(
-                rel16,
-                sha256_file(out / rel16),
-                "float16",
-                parity,
-                (out / rel16).stat().st_size,
-                key16,
-            )
+            fused16 = graph_file(out, rel16, "float16", parity, key16)
             log(
                 f"      converted in {time.perf_counter() - t:.1f} s, parity vs fp32 "
                 f"{parity.max_abs_diff:.1e} (<= {FP16_TOLERANCE:.0e})"
@@ -422,6 +403,4 @@ def _jobs(
 
 
 def _save(model: onnx.ModelProto, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    onnx.save(model, str(tmp))
-    os.replace(tmp, path)
+    write_atomic(path, model.SerializeToString())

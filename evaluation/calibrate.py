@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,17 +19,20 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from evaluation.labels import LabelledSet
+from convert.fuse import cpu_session
+from convert.reference import random_images
+from evaluation.labels import LabelledSet, counted, has_both_classes
 from evaluation.metrics import youden_threshold
 from evaluation.report import (
     DataSummary,
     ThresholdRates,
-    _pct,
     data_lines,
+    pct,
     threshold_rates,
 )
 from evaluation.scoring import Scores
 from evaluation.weights import FindingFit, fit_finding
+from server.files import write_atomic
 from server.runtime.manifest import (
     FINDINGS,
     Calibration,
@@ -41,9 +43,9 @@ from server.runtime.manifest import (
     Parity,
     RepositoryError,
     Thresholds,
+    graph_file,
     model_version,
     normalise_weights,
-    sha256_file,
 )
 from server.runtime.repository import install_manifest
 
@@ -69,15 +71,15 @@ class Plan:
     weights: np.ndarray  # [M, 5] normalised
     thresholds: list[float]
     fits: list[FindingFit]
-    candidates: dict[str, np.ndarray]  # name -> [M, 5]
+    new_scores: np.ndarray  # [n, 5]: the ensemble under `weights`
     previous_rates: list[ThresholdRates]  # previous weights and thresholds
     new_rates: list[ThresholdRates]
-    folds: int
-    grid_step: float
+    calibration: Calibration  # the manifest's record of it
 
 
 def plan(
     scores: Scores,
+    labelled: LabelledSet,
     manifest: Manifest,
     seed_weights: dict[str, list[float]] | None,
     folds: int = 5,
@@ -93,9 +95,8 @@ def plan(
     candidates["equal"] = np.full((m, len(FINDINGS)), 1.0 / m)
 
     y, p = scores.labels, scores.member_probabilities
-    fits, weights, thresholds = [], previous.copy(), list(manifest.thresholds.values)
-    for d in range(len(FINDINGS)):
-        fit = fit_finding(
+    fits = [
+        fit_finding(
             y[:, d],
             p[:, :, d],
             {name: w[:, d] for name, w in candidates.items()},
@@ -103,23 +104,34 @@ def plan(
             grid_step=grid_step,
             seed=seed,
         )
-        fits.append(fit)
-        weights[:, d] = fit.weights
-        keep = ~np.isnan(y[:, d])
-        yd = y[keep, d]
-        if yd.size and yd.min() != yd.max():
-            thresholds[d], _ = youden_threshold(yd, p[keep, :, d] @ weights[:, d])
+        for d in range(len(FINDINGS))
+    ]
+    weights = np.stack([fit.weights for fit in fits], axis=1)
     new_scores = scores.ensemble(weights)
+    thresholds = list(manifest.thresholds.values)
+    for d in range(len(FINDINGS)):
+        yd, sd = counted(y, new_scores, d)
+        if has_both_classes(yd):
+            thresholds[d], _ = youden_threshold(yd, sd)
+    thresholds = [float(t) for t in thresholds]
     return Plan(
         previous=manifest,
         weights=weights,
-        thresholds=[float(t) for t in thresholds],
+        thresholds=thresholds,
         fits=fits,
-        candidates=candidates,
+        new_scores=new_scores,
         previous_rates=threshold_rates(y, scores.probabilities, manifest.thresholds.values),
         new_rates=threshold_rates(y, new_scores, thresholds),
-        folds=folds,
-        grid_step=grid_step,
+        calibration=Calibration(
+            created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            data=labelled.source,
+            images=len(scores.paths),
+            label_policy=dict(labelled.policy),
+            method=METHOD.format(step=grid_step, folds=folds),
+            folds=folds,
+            previous_version=manifest.version,
+            findings=[_finding_calibration(f, fit) for f, fit in zip(FINDINGS, fits, strict=True)],
+        ),
     )
 
 
@@ -139,96 +151,59 @@ def _reweighted(src: Path, dest: Path, weights: np.ndarray) -> None:
         raise RepositoryError(
             f"{src}: no {WEIGHTS_INITIALIZER!r} initializer; rebuild with `chexray convert`"
         )
-    tmp = dest.with_name(dest.name + ".tmp")
-    onnx.save(model, str(tmp))
-    os.replace(tmp, dest)
+    write_atomic(dest, model.SerializeToString())
 
 
-def _run(path: Path, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    probs, members = session.run(["probabilities", "member_probabilities"], {"image": images})
-    return probs.astype(np.float64), members.astype(np.float64)
+def _run(path: Path, output: str, images: np.ndarray) -> np.ndarray:
+    return cpu_session(path).run([output], {"image": images})[0].astype(np.float64)
 
 
-def _graph_file(directory: Path, rel: str, dtype: str, parity: Parity, key: str) -> GraphFile:
-    path = directory / rel
-    return GraphFile(rel, sha256_file(path), dtype, parity, path.stat().st_size, key)  # type: ignore[arg-type]
-
-
-def apply(plan: Plan, directory: Path, labelled: LabelledSet, scores: Scores) -> Manifest:
-    """Write the re-weighted graphs and install the new manifest; returns it."""
+def apply(plan: Plan, directory: Path) -> Manifest:
+    """Write the re-weighted graphs, check each against the previous graph's member outputs
+    times the new weights, and install the new manifest; returns it."""
     directory = Path(directory)
     old = plan.previous
     w = plan.weights.astype(np.float32)
     tag = hashlib.sha256(old.fused.sha256.encode() + w.tobytes()).hexdigest()[:12]
     h, wd = (int(d) for d in old.input.shape[1:])
-    images = np.random.default_rng(99).integers(0, 256, (4, h, wd), dtype=np.uint8)
+    images = random_images(4, h, wd, seed=99)
+    members = _run(directory / old.fused.file, "member_probabilities", images)
+    expected = np.einsum("nmf,mf->nf", members, w)
 
-    rel = f"ensemble-{tag}.onnx"
-    _reweighted(directory / old.fused.file, directory / rel, w)
-    probs, members = _run(directory / rel, images)
-    _, old_members = _run(directory / old.fused.file, images)
-    diff = max(
-        float(np.abs(members - old_members).max()),
-        float(np.abs(probs - np.einsum("nmf,mf->nf", members, w)).max()),
-    )
-    if not diff <= FP32_TOLERANCE:
-        raise RepositoryError(f"{rel}: re-weighted graph is off by {diff:.2e}")
-    fused = _graph_file(
-        directory,
-        rel,
-        "float32",
-        Parity(diff, FP32_TOLERANCE, "previous graph's members x new weights", len(images)),
-        "calibrated-" + tag,
-    )
-    fused16 = None
-    if old.fused_fp16 is not None:
-        rel16 = f"ensemble-{tag}.fp16.onnx"
-        _reweighted(directory / old.fused_fp16.file, directory / rel16, w)
-        probs16, _ = _run(directory / rel16, images)
-        diff16 = float(np.abs(probs16 - probs).max())
-        if not diff16 <= FP16_TOLERANCE:
-            raise RepositoryError(f"{rel16}: differs from fp32 by {diff16:.2e}")
-        fused16 = _graph_file(
-            directory,
-            rel16,
-            "float16",
-            Parity(diff16, FP16_TOLERANCE, "fused fp32", len(images)),
-            "calibrated-" + tag,
-        )
+    graphs: dict[str, GraphFile] = {}
+    for src, suffix, tolerance in (
+        (old.fused, ".onnx", FP32_TOLERANCE),
+        (old.fused_fp16, ".fp16.onnx", FP16_TOLERANCE),
+    ):
+        if src is None:
+            continue
+        rel = f"ensemble-{tag}{suffix}"
+        _reweighted(directory / src.file, directory / rel, w)
+        diff = float(np.abs(_run(directory / rel, "probabilities", images) - expected).max())
+        if not diff <= tolerance:
+            raise RepositoryError(f"{rel}: re-weighted graph is off by {diff:.2e}")
+        against = "previous graph's members x new weights"
+        parity = Parity(diff, tolerance, against, len(images))
+        graphs[src.dtype] = graph_file(directory, rel, src.dtype, parity, "calibrated-" + tag)
+    fused, fused16 = graphs["float32"], graphs.get("float16")
 
-    created = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    n = len(scores.paths)
+    c = plan.calibration
     thresholds = Thresholds(
         plan.thresholds,
-        f"Youden's J on {Path(labelled.source).name} ({n} images, {created[:10]}) "
+        f"Youden's J on {Path(c.data).name} ({c.images} images, {c.created[:10]}) "
         "by chexray calibrate",
-    )
-    calibration = Calibration(
-        created=created,
-        data=labelled.source,
-        images=n,
-        label_policy=dict(labelled.policy),
-        method=METHOD.format(step=plan.grid_step, folds=plan.folds),
-        folds=plan.folds,
-        previous_version=old.version,
-        findings=[_finding_calibration(f, fit) for f, fit in zip(FINDINGS, plan.fits, strict=True)],
     )
     weights = [[float(x) for x in row] for row in plan.weights]
     manifest = msgspec.structs.replace(
         old,
         version=model_version(old.preset, fused, fused16, thresholds, old.cam.class_map),
-        created=created,
+        created=c.created,
         weights=weights,
         weights_normalised=normalise_weights(weights),
         thresholds=thresholds,
         fused=fused,
         fused_fp16=fused16,
-        calibration=calibration,
+        calibration=c,
     )
     install_manifest(directory, manifest)
     return manifest
@@ -281,9 +256,9 @@ def calibration_report(
         model_version=p.previous.version,
         new_version=new_version,
         data=data,
-        method=METHOD.format(step=p.grid_step, folds=p.folds),
+        method=p.calibration.method,
         members=[m.name for m in p.previous.members],
-        findings=[_finding_calibration(f, fit) for f, fit in zip(FINDINGS, p.fits, strict=True)],
+        findings=p.calibration.findings,
         weights_previous=p.previous.weights_normalised,
         weights_new=[[float(x) for x in row] for row in p.weights],
         weights_fitted=[None if f.fitted is None else [float(x) for x in f.fitted] for f in p.fits],
@@ -352,9 +327,9 @@ def calibration_markdown(r: CalibrationReport) -> str:
             continue
         lines.append(
             f"| {a.finding} | {b.threshold:.4f} → {a.threshold:.4f} "
-            f"| {_pct(b.sensitivity)} → {_pct(a.sensitivity)} "
-            f"| {_pct(b.specificity)} → {_pct(a.specificity)} "
-            f"| {_pct(b.ppv)} → {_pct(a.ppv)} | {_pct(b.npv)} → {_pct(a.npv)} |"
+            f"| {pct(b.sensitivity)} → {pct(a.sensitivity)} "
+            f"| {pct(b.specificity)} → {pct(a.specificity)} "
+            f"| {pct(b.ppv)} → {pct(a.ppv)} | {pct(b.npv)} → {pct(a.npv)} |"
         )
     lines += [
         "",

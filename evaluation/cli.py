@@ -107,7 +107,8 @@ def _scores(args: argparse.Namespace, labelled: LabelledSet) -> tuple[Scores, Ma
     if saved is not None:
         manifest = verify_repository(args.model_dir)
         return Scores.load(saved, manifest).relabelled(labelled, manifest), manifest
-    engine = Engine(Settings.from_env(model_dir=args.model_dir))
+    # One session: offline scoring forms its own batches and runs one at a time.
+    engine = Engine(Settings.from_env(model_dir=args.model_dir, instances=1))
     print(
         f"Scoring {len(labelled.paths)} images with model {engine.manifest.version} on "
         f"{engine.provider} in batches of {args.batch_size}",
@@ -130,7 +131,7 @@ def _write(out: Path, name: str, report: msgspec.Struct, markdown: str) -> None:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from evaluation.report import evaluation_markdown, evaluation_report, roc_figure
+    from evaluation.report import ENSEMBLE, evaluation_markdown, evaluation_report, roc_figure
 
     try:
         labelled = _labelled(args)
@@ -146,19 +147,20 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if not args.no_figure:
         curves = {
             **{n: scores.member_probabilities[:, i] for i, n in enumerate(scores.members)},
-            "ensemble": scores.probabilities,
+            ENSEMBLE: scores.probabilities,
         }
         roc_figure(
             out / "roc.png",
             scores.labels,
             curves,
-            {"served threshold": ("ensemble", manifest.thresholds.values)},
+            {"served threshold": (ENSEMBLE, manifest.thresholds.values)},
             f"Model {scores.model_version}\n{len(scores.paths)} images from\n{labelled.source}",
         )
         report = msgspec.structs.replace(report, figure="roc.png")
     scores.save(out / "scores.npz")
-    _write(out, "evaluation", report, evaluation_markdown(report))
-    print(evaluation_markdown(report))
+    markdown = evaluation_markdown(report)
+    _write(out, "evaluation", report, markdown)
+    print(markdown)
     print(f"Report: {out / 'evaluation.md'} (and .json, roc.png, scores.npz)")
     return 0
 
@@ -178,7 +180,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
         scores, manifest = _scores(args, labelled)
         if not scores.paths:
             raise ValueError(f"none of the {len(labelled.paths)} images could be read")
-        p = plan(scores, manifest, SEED_WEIGHTS, args.folds, args.grid_step, args.seed)
+        p = plan(scores, labelled, manifest, SEED_WEIGHTS, args.folds, args.grid_step, args.seed)
     except (LabelError, RepositoryError, SettingsError, ValueError) as exc:
         print(f"chexray calibrate: {exc}")
         return 2
@@ -188,7 +190,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
         roc_figure(
             out / "roc.png",
             scores.labels,
-            {"served before": scores.probabilities, "calibrated": scores.ensemble(p.weights)},
+            {"served before": scores.probabilities, "calibrated": p.new_scores},
             {
                 "threshold before": ("served before", manifest.thresholds.values),
                 "calibrated threshold": ("calibrated", p.thresholds),
@@ -200,7 +202,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
     new_version = None
     if not args.dry_run:
         try:
-            new_version = apply(p, args.model_dir, labelled, scores).version
+            new_version = apply(p, args.model_dir).version
         except RepositoryError as exc:
             print(f"chexray calibrate: {exc}")
             return 2

@@ -74,15 +74,30 @@ class LabelledSet:
 
     def counts(self) -> dict[str, tuple[int, int, int]]:
         """finding -> (positives, negatives, not counted)."""
-        out = {}
-        for d, finding in enumerate(FINDINGS):
-            col = self.labels[:, d]
-            out[finding] = (
-                int(np.sum(col == 1)),
-                int(np.sum(col == 0)),
-                int(np.sum(np.isnan(col))),
-            )
-        return out
+        return label_counts(self.labels)
+
+
+def label_counts(labels: np.ndarray) -> dict[str, tuple[int, int, int]]:
+    """finding -> (positives, negatives, not counted) of labels [n, 5]."""
+    return {
+        finding: (
+            int(np.sum(labels[:, d] == 1)),
+            int(np.sum(labels[:, d] == 0)),
+            int(np.sum(np.isnan(labels[:, d]))),
+        )
+        for d, finding in enumerate(FINDINGS)
+    }
+
+
+def counted(labels: np.ndarray, scores: np.ndarray, d: int) -> tuple[np.ndarray, np.ndarray]:
+    """Finding d's labels and scores over the rows whose label counts (not NaN)."""
+    keep = ~np.isnan(labels[:, d])
+    return labels[keep, d], scores[keep, d]
+
+
+def has_both_classes(y: np.ndarray) -> bool:
+    """AUC, ROC and Youden need at least one positive and one negative."""
+    return y.size > 0 and y.min() != y.max()
 
 
 def _label(raw: str, policy: Policy, where: str) -> float:

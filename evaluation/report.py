@@ -9,7 +9,7 @@ from pathlib import Path
 import msgspec
 import numpy as np
 
-from evaluation.labels import LabelledSet
+from evaluation.labels import LabelledSet, counted, has_both_classes, label_counts
 from evaluation.metrics import (
     CATEGORICAL_ACCURACY_DEFINITION,
     Rates,
@@ -73,13 +73,7 @@ class EvaluationReport(msgspec.Struct, frozen=True):
 
 
 def data_summary(labelled: LabelledSet, scores: Scores) -> DataSummary:
-    kept = scores.labels
-    counts = {}
-    for d, finding in enumerate(FINDINGS):
-        col = kept[:, d]
-        counts[finding] = LabelCounts(
-            int(np.sum(col == 1)), int(np.sum(col == 0)), int(np.sum(np.isnan(col)))
-        )
+    counts = {f: LabelCounts(*c) for f, c in label_counts(scores.labels).items()}
     return DataSummary(
         csv=labelled.source,
         kind=labelled.kind,
@@ -97,12 +91,11 @@ def network_auc(name: str, labels: np.ndarray, scores: np.ndarray) -> NetworkAUC
     """AUC per finding of scores [n, 5]; rows whose label is not counted are dropped."""
     per: dict[str, AUCValue | None] = {}
     for d, finding in enumerate(FINDINGS):
-        keep = ~np.isnan(labels[:, d])
-        y = labels[keep, d]
-        if y.size == 0 or y.min() == y.max():
+        y, s = counted(labels, scores, d)
+        if not has_both_classes(y):
             per[finding] = None
             continue
-        a = auc(y, scores[keep, d])
+        a = auc(y, s)
         per[finding] = AUCValue(a.value, a.ci95)
     values = [v.auc for v in per.values() if v is not None]
     return NetworkAUC(name, per, float(np.mean(values)) if values else None)
@@ -111,10 +104,10 @@ def network_auc(name: str, labels: np.ndarray, scores: np.ndarray) -> NetworkAUC
 def threshold_rates(labels: np.ndarray, scores: np.ndarray, thresholds: list[float]):
     out = []
     for d, finding in enumerate(FINDINGS):
-        keep = ~np.isnan(labels[:, d])
-        if not keep.any():
+        y, s = counted(labels, scores, d)
+        if not y.size:
             continue
-        r = rates_at(labels[keep, d], scores[keep, d], thresholds[d])
+        r = rates_at(y, s, thresholds[d])
         out.append(ThresholdRates(finding=finding, **msgspec.structs.asdict(r)))
     return out
 
@@ -163,7 +156,7 @@ def auc_table(networks: list[NetworkAUC]) -> list[str]:
     return lines
 
 
-def _pct(x: float) -> str:
+def pct(x: float) -> str:
     return "n/a" if not np.isfinite(x) else f"{100 * x:.1f}%"
 
 
@@ -174,8 +167,8 @@ def rates_table(rows: list[ThresholdRates]) -> list[str]:
     ]
     for r in rows:
         lines.append(
-            f"| {r.finding} | {r.threshold:.4f} | {_pct(r.sensitivity)} | {_pct(r.specificity)} "
-            f"| {_pct(r.ppv)} | {_pct(r.npv)} | {_pct(r.accuracy)} "
+            f"| {r.finding} | {r.threshold:.4f} | {pct(r.sensitivity)} | {pct(r.specificity)} "
+            f"| {pct(r.ppv)} | {pct(r.npv)} | {pct(r.accuracy)} "
             f"| {r.tp}/{r.fp}/{r.tn}/{r.fn} |"
         )
     return lines
@@ -230,7 +223,7 @@ def evaluation_markdown(r: EvaluationReport) -> str:
     lines += rates_table(r.thresholds)
     lines += [
         "",
-        f"Categorical accuracy: **{_pct(r.categorical_accuracy)}**. "
+        f"Categorical accuracy: **{pct(r.categorical_accuracy)}**. "
         f"{r.categorical_accuracy_definition}",
     ]
     if r.figure:
@@ -251,12 +244,8 @@ def roc_figure(
     """One panel per finding: a ROC curve per entry of `curves` (scores [n, 5]; the last
     one drawn bold), and for each entry of `points` (label -> (curve, thresholds)) the
     operating point of that curve at those thresholds."""
-    try:
-        import matplotlib
-    except ImportError:
-        raise RuntimeError(
-            "the ROC figure needs matplotlib: pip install 'chexray[evaluate]' (or pass --no-figure)"
-        ) from None
+    import matplotlib  # the evaluate extra; the CLI checks for it before any work
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -264,16 +253,14 @@ def roc_figure(
     names = list(curves)
     for d, finding in enumerate(FINDINGS):
         ax = axes.flat[d]
-        keep = ~np.isnan(labels[:, d])
-        y = labels[keep, d]
+        y = labels[~np.isnan(labels[:, d]), d]
         ax.plot([0, 1], [0, 1], color="0.75", lw=0.8, ls="--")
-        if y.size == 0 or y.min() == y.max():
+        if not has_both_classes(y):
             ax.text(0.5, 0.5, "needs positives and negatives", ha="center", va="center")
         else:
             for i, name in enumerate(names):
-                s = curves[name][keep, d]
-                fpr, tpr, _ = roc_curve(y, s)
-                a = auc(y, s).value
+                fpr, tpr, _ = roc_curve(*counted(labels, curves[name], d))
+                a = np.trapezoid(tpr, fpr)  # the AUC, from the curve just computed
                 bold = i == len(names) - 1
                 ax.plot(
                     fpr,
@@ -285,7 +272,7 @@ def roc_figure(
                     zorder=3 if bold else 2,
                 )
             for j, (label, (curve, thresholds)) in enumerate(points.items()):
-                r = rates_at(y, curves[curve][keep, d], thresholds[d])
+                r = rates_at(*counted(labels, curves[curve], d), thresholds[d])
                 ax.plot(
                     1 - r.specificity,
                     r.sensitivity,

@@ -29,17 +29,12 @@ class Scores:
     model_version: str
     members: list[str]
     member_sha256: list[str]  # member outputs do not depend on weights or thresholds
-    weights: np.ndarray  # [M, 5] normalised weights that produced `probabilities`
     paths: list[str]
     labels: np.ndarray  # [n, 5]: 1, 0 or NaN (not counted)
     member_probabilities: np.ndarray  # [n, M, 5] in FINDINGS order
     probabilities: np.ndarray  # [n, 5]: the served ensemble
     unreadable: dict[str, list[str]] = field(default_factory=dict)  # reason -> paths
     seconds: float = 0.0
-
-    @property
-    def unreadable_count(self) -> int:
-        return sum(len(v) for v in self.unreadable.values())
 
     def save(self, path: Path) -> None:
         """Keep the outputs so that `calibrate --scores` need not run the images again."""
@@ -48,7 +43,6 @@ class Scores:
             model_version=self.model_version,
             members=np.asarray(self.members),
             member_sha256=np.asarray(self.member_sha256),
-            weights=self.weights,
             paths=np.asarray(self.paths),
             labels=self.labels,
             member_probabilities=self.member_probabilities,
@@ -74,7 +68,6 @@ class Scores:
         return replace(
             self,
             model_version=manifest.version,
-            weights=weights,
             labels=labelled.labels[[index[p] for p in self.paths]],
             probabilities=self.ensemble(weights),
         )
@@ -88,7 +81,6 @@ class Scores:
                     model_version=str(z["model_version"]),
                     members=[str(x) for x in z["members"]],
                     member_sha256=[str(x) for x in z["member_sha256"]],
-                    weights=z["weights"],
                     paths=[str(x) for x in z["paths"]],
                     labels=z["labels"],
                     member_probabilities=z["member_probabilities"],
@@ -213,9 +205,8 @@ def score(
         model_version=manifest.version,
         members=[mm.name for mm in manifest.members],
         member_sha256=[mm.sha256 for mm in manifest.members],
-        weights=np.asarray(manifest.weights_normalised, np.float64),
         paths=[str(labelled.paths[i]) for i in idx],
-        labels=labelled.labels[idx] if idx.size else np.zeros((0, len(FINDINGS))),
+        labels=labelled.labels[idx],
         member_probabilities=(
             np.concatenate(member_out).astype(np.float64)
             if member_out

@@ -25,6 +25,7 @@ from server.api.errors import EXCEPTION_HANDLERS
 from server.api.middleware import HttpMetrics, request_context
 from server.api.ratelimit import RateLimiter
 from server.runtime.engine import Engine
+from server.runtime.manifest import Manifest
 from server.settings import Settings
 from server.store.db import Database
 from server.store.media import MediaStore
@@ -63,7 +64,8 @@ ROUTES = [
 ]
 
 
-def create_app(settings: Settings | None = None) -> Litestar:
+def create_app(settings: Settings | None = None, manifest: Manifest | None = None) -> Litestar:
+    """`manifest`: the model repository's, when the caller has verified it already."""
     settings = settings or Settings.from_env()
     logging.getLogger("chexray").setLevel(settings.log_level.upper())
     registry = CollectorRegistry()
@@ -73,7 +75,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
     async def boot_engine(app: Litestar) -> None:
         try:
-            engine = await asyncio.to_thread(Engine, settings, registry)
+            engine = await asyncio.to_thread(Engine, settings, registry, manifest)
             app.state.engine = engine
             await engine.start()
             log.info("ready: model %s on %s", engine.manifest.version, engine.provider)

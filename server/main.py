@@ -39,7 +39,7 @@ def serve(overrides: dict[str, object], preset: str = "default", build: bool = T
         if subprocess.run(cmd).returncode != 0:
             return 2
     try:
-        verify_repository(settings.model_dir)
+        manifest = verify_repository(settings.model_dir)
     except RepositoryError as exc:
         print(f"chexray serve: {exc}")
         return 2
@@ -49,7 +49,7 @@ def serve(overrides: dict[str, object], preset: str = "default", build: bool = T
     from server.app import create_app
 
     uvicorn.run(
-        create_app(settings),
+        create_app(settings, manifest),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,

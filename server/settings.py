@@ -90,7 +90,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         if not 0.0 <= self.heatmap_alpha <= 1.0:
             raise SettingsError(f"{PREFIX}HEATMAP_ALPHA must be between 0 and 1")
         try:
-            count, seconds = (float(x) for x in self.auth_rate_limit.split("/"))
+            count, seconds = self.rate_limit
             assert count >= 1 and seconds > 0
         except (ValueError, AssertionError):
             raise SettingsError(
@@ -111,6 +111,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     @property
     def rate_limit(self) -> tuple[int, float]:
+        """(attempts, seconds) from auth_rate_limit "N/S"; ValueError when malformed."""
         count, seconds = self.auth_rate_limit.split("/")
         return int(float(count)), float(seconds)
 

@@ -6,6 +6,7 @@ import datetime as dt
 
 from litestar import Request, Response, delete, get, patch, post
 from litestar.params import JSONBody
+from sqlmodel import Session
 
 from server.api.auth import (
     Principal,
@@ -28,8 +29,7 @@ from server.api.schemas import (
 )
 from server.settings import Settings
 from server.store import accounts
-from server.store.db import Database
-from server.store.models import User
+from server.store.models import Token, User
 from server.store.passwords import policy_problems
 
 
@@ -60,37 +60,37 @@ def check_new_password(
         )
 
 
-def profile(db: Database, user: User) -> Profile:
-    with db.session() as s:
+def profile(s: Session, user: User, count: int | None = None) -> Profile:
+    """The user's profile; `count` (their studies) is looked up unless given."""
+    if count is None:
         count = accounts.study_count(s, user.id)
     return Profile(user.id, user.username, user.email, user.full_name, user.date_joined, count)
 
 
 def register_user(
-    db: Database, username: str, password: str, email: str | None, full_name: str
+    s: Session, username: str, password: str, email: str | None, full_name: str
 ) -> User:
-    with db.session() as s:
-        try:
-            return accounts.create_user(s, username, password, email, full_name)
-        except accounts.UsernameTaken:
-            raise ApiError(
-                409, "username_taken", f"the username {username!r} is taken", {"field": "username"}
-            ) from None
+    try:
+        return accounts.create_user(s, username, password, email, full_name)
+    except accounts.UsernameTaken:
+        raise ApiError(
+            409, "username_taken", f"the username {username!r} is taken", {"field": "username"}
+        ) from None
 
 
-def issue(db: Database, user: User, settings: Settings, kind: str):
-    with db.session() as s:
-        return accounts.issue_token(
-            s, user.id, dt.timedelta(hours=settings.token_lifetime_hours), kind
-        )
+def issue(s: Session, user: User, settings: Settings, kind: str) -> tuple[str, Token]:
+    return accounts.issue_token(s, user.id, dt.timedelta(hours=settings.token_lifetime_hours), kind)
 
 
-def login_user(db: Database, username: str, password: str) -> User:
-    with db.session() as s:
-        user = accounts.authenticate(s, username, password)
+def sign_in(
+    s: Session, username: str, password: str, settings: Settings, kind: str
+) -> tuple[User, str, Token]:
+    """Check the password and issue a token, in one session."""
+    user = accounts.authenticate(s, username, password)
     if user is None:
         raise ApiError(401, "invalid_credentials", "wrong username or password")
-    return user
+    raw, token = issue(s, user, settings, kind)
+    return user, raw, token
 
 
 @post("/api/v1/auth/register", status_code=201, tags=["accounts"])
@@ -100,8 +100,8 @@ async def register(
     """Create an account (the seed's form: username, email, password, password2)."""
     rate_limit(limiter, request, data.username)
     check_new_password(data.password, data.password2, data.username)
-    user = await db.run(register_user, db, data.username, data.password, data.email, data.full_name)
-    return await db.run(profile, db, user)
+    user = await db.call(register_user, data.username, data.password, data.email, data.full_name)
+    return await db.call(profile, user, 0)
 
 
 @post("/api/v1/auth/login", status_code=200, tags=["accounts"])
@@ -111,14 +111,13 @@ async def login(
     """Exchange a username and password for a bearer token, or (cookie=true) a session
     cookie for the web app plus the CSRF token to echo in X-CSRF-Token."""
     rate_limit(limiter, request, data.username)
-    user = await db.run(login_user, db, data.username, data.password)
     kind = "session" if data.cookie else "bearer"
-    raw, token = await db.run(issue, db, user, settings, kind)
+    user, raw, token = await db.call(sign_in, data.username, data.password, settings, kind)
     body = TokenOut(
         token=None if data.cookie else raw,
         token_type="Bearer",
         expires_at=token.expires_at,
-        user=await db.run(profile, db, user),
+        user=await db.call(profile, user),
     )
     response = Response(body)
     if data.cookie:
@@ -126,15 +125,10 @@ async def login(
     return response
 
 
-def _revoke(db: Database, raw: str) -> None:
-    with db.session() as s:
-        accounts.revoke_token(s, raw)
-
-
 @post("/api/v1/auth/logout", status_code=204, tags=["accounts"])
 async def logout(auth: AuthDep, db: DbDep) -> Response[None]:
     """Revoke the token (or session) this request was made with."""
-    await db.run(_revoke, db, auth.raw_token)
+    await db.call(accounts.revoke_token, auth.raw_token)
     response = Response(None, status_code=204)
     clear_session_cookies(response)
     return response
@@ -143,40 +137,35 @@ async def logout(auth: AuthDep, db: DbDep) -> Response[None]:
 @get("/api/v1/auth/session", tags=["accounts"])
 async def session(principal: PrincipalDep, db: DbDep) -> SessionOut:
     """Who is signed in, if anyone (200 either way; the web app asks this at start)."""
-    return SessionOut(await db.run(profile, db, principal.user) if principal else None)
+    return SessionOut(await db.call(profile, principal.user) if principal else None)
 
 
 @get("/api/v1/me", tags=["accounts"])
 async def get_me(auth: AuthDep, db: DbDep) -> Profile:
-    return await db.run(profile, db, auth.user)
+    return await db.call(profile, auth.user)
 
 
-def _patch(db: Database, user: User, data: JSONBody[ProfilePatch]) -> Profile:
-    with db.session() as s:
-        updated = accounts.update_profile(s, user, data.email, data.full_name)
-    return profile(db, updated)
+def _patch(s: Session, user: User, data: ProfilePatch) -> Profile:
+    return profile(s, accounts.update_profile(s, user, data.email, data.full_name))
 
 
 @patch("/api/v1/me", tags=["accounts"])
 async def patch_me(auth: AuthDep, data: JSONBody[ProfilePatch], db: DbDep) -> Profile:
     """Change email or full name."""
-    return await db.run(_patch, db, auth.user, data)
+    return await db.call(_patch, auth.user, data)
 
 
-def _change_password(db: Database, auth: Principal, data: JSONBody[PasswordChange]) -> int:
-    with db.session() as s:
-        if accounts.authenticate(s, auth.user.username, data.current_password) is None:
-            raise ApiError(
-                401,
-                "invalid_credentials",
-                "the current password is wrong",
-                {"field": "current_password"},
-            )
-        check_new_password(
-            data.new_password, data.new_password2, auth.user.username, "new_password"
+def _change_password(s: Session, auth: Principal, data: PasswordChange) -> int:
+    if accounts.authenticate(s, auth.user.username, data.current_password) is None:
+        raise ApiError(
+            401,
+            "invalid_credentials",
+            "the current password is wrong",
+            {"field": "current_password"},
         )
-        accounts.set_password(s, auth.user, data.new_password)
-        return accounts.revoke_other_tokens(s, auth.user_id, auth.token.id)
+    check_new_password(data.new_password, data.new_password2, auth.user.username, "new_password")
+    accounts.set_password(s, auth.user, data.new_password)
+    return accounts.revoke_other_tokens(s, auth.user_id, auth.token.id)
 
 
 @post("/api/v1/me/password", status_code=200, tags=["accounts"])
@@ -184,19 +173,14 @@ async def change_password(
     auth: AuthDep, data: JSONBody[PasswordChange], db: DbDep
 ) -> PasswordChanged:
     """Change the password; every other token and session of the account is revoked."""
-    return PasswordChanged(await db.run(_change_password, db, auth, data))
-
-
-def _delete_account(db: Database, user_id: int) -> list[str]:
-    with db.session() as s:
-        return accounts.delete_user(s, user_id)
+    return PasswordChanged(await db.call(_change_password, auth, data))
 
 
 @delete("/api/v1/me", status_code=204, tags=["accounts"])
 async def delete_me(auth: AuthDep, db: DbDep, media: MediaDep) -> Response[None]:
     """Delete the account, its tokens, its studies and their files."""
-    for study_id in await db.run(_delete_account, db, auth.user_id):
-        media.delete_study(study_id)
+    for study_id in await db.call(accounts.delete_user, auth.user_id):
+        await db.run(media.delete_study, study_id)
     response = Response(None, status_code=204)
     clear_session_cookies(response)
     return response

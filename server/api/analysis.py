@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 
 from server.api.schemas import Finding, ImageInfo, Member, StudyOut, Timings, Urls
+from server.cam.render import encode_png
 from server.runtime.engine import Engine, Prediction
 from server.runtime.manifest import FINDINGS
 from server.store import studies
@@ -19,11 +20,17 @@ from server.store.db import Database
 from server.store.media import MediaStore
 from server.store.models import Study
 
-SLUGS = {f.lower().replace(" ", "_"): f for f in FINDINGS}
-
 
 def slug(finding: str) -> str:
     return finding.lower().replace(" ", "_")
+
+
+SLUGS = {slug(f): f for f in FINDINGS}
+
+
+def present(calls) -> list[str]:
+    """The findings called present, in FINDINGS order."""
+    return [f for f, c in zip(FINDINGS, calls, strict=True) if c]
 
 
 def urls(study_id: str) -> Urls:
@@ -38,7 +45,6 @@ def urls(study_id: str) -> Urls:
 
 def study_from(prediction: Prediction, study_id: str, owner_id: int | None, title: str) -> Study:
     p = prediction
-    present = [f for f, c in zip(FINDINGS, p.calls, strict=True) if c]
     t = p.timings
     return Study(
         id=study_id,
@@ -52,7 +58,7 @@ def study_from(prediction: Prediction, study_id: str, owner_id: int | None, titl
         cam_probabilities=[float(x) for x in p.cam_probabilities],
         member_probabilities={k: [float(x) for x in v] for k, v in p.member_probabilities.items()},
         cam_maps=np.asarray(p.cam_maps, np.float32).round(6).tolist(),
-        present="|" + "".join(f"{f}|" for f in present),
+        present="|" + "".join(f"{f}|" for f in present(p.calls)),
         image_format=p.image.format,
         width=p.image.width,
         height=p.image.height,
@@ -66,10 +72,6 @@ def study_from(prediction: Prediction, study_id: str, owner_id: int | None, titl
             "batch_size": t.batch_size,
         },
     )
-
-
-def present_of(study: Study) -> list[str]:
-    return [f for f, c in zip(FINDINGS, study.calls, strict=True) if c]
 
 
 def study_out(
@@ -101,7 +103,7 @@ def study_out(
             )
             for i, f in enumerate(FINDINGS)
         ],
-        present=present_of(study),
+        present=present(study.calls),
         members=[
             Member(name, dict(zip(FINDINGS, probs, strict=True)))
             for name, probs in study.member_probabilities.items()
@@ -116,13 +118,6 @@ def study_out(
         cam_maps=study.cam_maps,
         warnings=warnings,
     )
-
-
-def encode_grey_png(pixels: np.ndarray) -> bytes:
-    ok, buf = cv2.imencode(".png", pixels, [cv2.IMWRITE_PNG_COMPRESSION, 1])
-    if not ok:
-        raise RuntimeError("PNG encoding failed")
-    return buf.tobytes()
 
 
 async def analyse(
@@ -151,14 +146,14 @@ async def analyse(
         heatmap_ms = (time.perf_counter() - t) * 1e3
     image_png = None
     if store or inline_image:
-        image_png = await engine.run_cpu(encode_grey_png, prediction.image.pixels)
+        image_png = await engine.run_cpu(encode_png, prediction.image.pixels)
     if store:
-        media.write(study_id, "image.png", image_png)
-        media.write(study_id, "heatmap.png", heat)
+        await db.run(media.write, study_id, "image.png", image_png)
+        await db.run(media.write, study_id, "heatmap.png", heat)
         try:
-            study = await db.run(_add, db, study)
+            study = await db.call(studies.add_study, study)
         except Exception:
-            media.delete_study(study_id)
+            await db.run(media.delete_study, study_id)
             raise
     extra = {"heatmap_ms": heatmap_ms, "total_ms": (time.perf_counter() - start) * 1e3}
     b64 = base64.b64encode(heat).decode() if (inline_heatmap and heat is not None) else None
@@ -166,20 +161,15 @@ async def analyse(
     return study_out(study, store, b64, extra, image_b64), study
 
 
-def _add(db: Database, study: Study) -> Study:
-    with db.session() as s:
-        return studies.add_study(s, study)
-
-
 async def study_heatmap(
-    engine: Engine, media: MediaStore, study: Study, finding: str | None
+    engine: Engine, db: Database, media: MediaStore, study: Study, finding: str | None
 ) -> bytes:
     """The stored combined heatmap, or one finding's, rendered once and kept."""
     name = "heatmap.png" if finding is None else f"heatmap-{slug(finding)}.png"
-    cached = media.read(study.id, name)
+    cached = await db.run(media.read, study.id, name)
     if cached is not None:
         return cached
-    raw = media.read(study.id, "image.png")
+    raw = await db.run(media.read, study.id, "image.png")
     if raw is None:
         raise FileNotFoundError(study.id)
     pixels = await engine.run_cpu(
@@ -192,5 +182,5 @@ async def study_heatmap(
         np.asarray(study.calls),
         finding,
     )
-    media.write(study.id, name, png)
+    await db.run(media.write, study.id, name, png)
     return png

@@ -29,7 +29,6 @@ class Principal:
     user: User
     token: Token
     raw_token: str
-    via: str  # "header" or "cookie"
 
     @property
     def user_id(self) -> int:
@@ -58,7 +57,7 @@ async def provide_principal(request: Request, db: NamedDependency[Database]) -> 
     if found is None:
         return None
     raw, via = found
-    row = await db.run(_lookup, db, raw)
+    row = await db.call(accounts.user_for_token, raw)
     if row is None:
         raise ApiError(
             401,
@@ -77,12 +76,7 @@ async def provide_principal(request: Request, db: NamedDependency[Database]) -> 
                 f"carrying the {CSRF_COOKIE} cookie's value",
             )
     user, token = row
-    return Principal(user, token, raw, via)
-
-
-def _lookup(db: Database, raw: str):
-    with db.session() as s:
-        return accounts.user_for_token(s, raw)
+    return Principal(user, token, raw)
 
 
 async def provide_auth(principal: NamedDependency[Principal | None]) -> Principal:

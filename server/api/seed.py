@@ -12,15 +12,15 @@ import datetime as dt
 import msgspec
 from litestar import Request, get, post
 from litestar.params import JSONBody
+from sqlmodel import Session
 
-from server.api.accounts import check_new_password, issue, login_user, rate_limit, register_user
+from server.api.accounts import check_new_password, issue, rate_limit, register_user, sign_in
 from server.api.analysis import analyse, slug
 from server.api.deps import AuthDep, DbDep, EngineDep, LimiterDep, MediaDep, SettingsDep
 from server.api.studies import load_study
 from server.api.uploads import read_upload
 from server.runtime.manifest import FINDINGS
 from server.store import studies
-from server.store.db import Database
 from server.store.models import Study
 
 
@@ -103,8 +103,8 @@ async def signup(
 ) -> SignupOut:
     rate_limit(limiter, request, data.username)
     check_new_password(data.password, data.password2, data.username)
-    user = await db.run(register_user, db, data.username, data.password, None, "")
-    raw, _ = await db.run(issue, db, user, settings, "bearer")
+    user = await db.call(register_user, data.username, data.password, None, "")
+    raw, _ = await db.call(issue, user, settings, "bearer")
     return SignupOut("Successfully registered a new user.", user.username, raw)
 
 
@@ -117,20 +117,18 @@ async def seed_login(
     settings: SettingsDep,
 ) -> SeedLoginOut:
     rate_limit(limiter, request, data.username)
-    user = await db.run(login_user, db, data.username, data.password)
-    raw, _ = await db.run(issue, db, user, settings, "bearer")
+    user, raw, _ = await db.call(sign_in, data.username, data.password, settings, "bearer")
     return SeedLoginOut(user.id, user.username, raw)
 
 
-def _history(db: Database, user_id: int) -> list[Study]:
-    with db.session() as s:
-        rows, _ = studies.list_studies(s, user_id, 1, 10_000, None)
-        return rows
+def _history(s: Session, user_id: int) -> list[Study]:
+    rows, _ = studies.list_studies(s, user_id, 1, 10_000, None)
+    return rows
 
 
 @get("/api/chexray/user/", tags=["seed compatibility"])
 async def seed_user(auth: AuthDep, db: DbDep) -> SeedUser:
-    rows = await db.run(_history, db, auth.user_id)
+    rows = await db.call(_history, auth.user_id)
     return SeedUser(auth.user_id, auth.user.username, [seed_xray(r) for r in rows])
 
 

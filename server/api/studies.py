@@ -7,8 +7,9 @@ import math
 
 from litestar import Response, delete, get
 from litestar.params import FromPath, Parameter
+from sqlmodel import Session
 
-from server.api.analysis import SLUGS, present_of, study_heatmap, study_out, urls
+from server.api.analysis import SLUGS, present, slug, study_heatmap, study_out, urls
 from server.api.auth import Principal
 from server.api.deps import AuthDep, DbDep, EngineDep, MediaDep, PrincipalDep
 from server.api.errors import ApiError, not_found
@@ -26,7 +27,7 @@ PRIVATE = {"Cache-Control": "private, max-age=3600"}
 
 
 def finding_of(name: str) -> str:
-    key = name.lower().replace(" ", "_").replace("-", "_")
+    key = slug(name).replace("-", "_")
     if key not in SLUGS:
         raise ApiError(
             404, "unknown_finding", f"unknown finding {name!r}", {"findings": list(SLUGS)}
@@ -34,21 +35,11 @@ def finding_of(name: str) -> str:
     return SLUGS[key]
 
 
-def _get(db: Database, study_id: str, user_id: int | None) -> Study | None:
-    with db.session() as s:
-        return studies.get_study(s, study_id, user_id)
-
-
 async def load_study(db: Database, study_id: str, principal: Principal | None) -> Study:
-    study = await db.run(_get, db, study_id, principal.user_id if principal else None)
+    study = await db.call(studies.get_study, study_id, principal.user_id if principal else None)
     if study is None:
         raise not_found()
     return study
-
-
-def _list(db: Database, user_id: int, page: int, per_page: int, finding: str | None):
-    with db.session() as s:
-        return studies.list_studies(s, user_id, page, per_page, finding)
 
 
 @get("/api/v1/studies", tags=["studies"])
@@ -61,13 +52,13 @@ async def list_studies(
 ) -> StudyPage:
     """The signed-in user's studies, newest first."""
     wanted = finding_of(finding) if finding else None
-    rows, total = await db.run(_list, db, auth.user_id, page, per_page, wanted)
+    rows, total = await db.call(studies.list_studies, auth.user_id, page, per_page, wanted)
     items = [
         StudySummary(
             r.id,
             r.title,
             r.created_at,
-            present_of(r),
+            present(r.calls),
             dict(zip(FINDINGS, r.probabilities, strict=True)),
             urls(r.id),
         )
@@ -82,9 +73,8 @@ async def get_study(study_id: FromPath[str], principal: PrincipalDep, db: DbDep)
     return study_out(await load_study(db, study_id, principal), stored=True)
 
 
-def _delete(db: Database, study: Study) -> None:
-    with db.session() as s:
-        studies.delete_study(s, s.merge(study))
+def _delete(s: Session, study: Study) -> None:
+    studies.delete_study(s, s.merge(study))
 
 
 @delete("/api/v1/studies/{study_id:str}", status_code=204, tags=["studies"])
@@ -92,22 +82,22 @@ async def delete_study(study_id: FromPath[str], auth: AuthDep, db: DbDep, media:
     study = await load_study(db, study_id, auth)
     if study.owner_id is None:
         raise not_found()  # anonymous studies have no owner who could delete them
-    await db.run(_delete, db, study)
-    media.delete_study(study.id)
+    await db.call(_delete, study)
+    await db.run(media.delete_study, study.id)
 
 
-async def image_response(media: MediaStore, study: Study) -> Response[bytes]:
-    data = media.read(study.id, "image.png")
+async def image_response(db: Database, media: MediaStore, study: Study) -> Response[bytes]:
+    data = await db.run(media.read, study.id, "image.png")
     if data is None:
         raise not_found("image")
     return Response(data, media_type=PNG, headers=PRIVATE)
 
 
 async def heatmap_response(
-    engine: Engine, media: MediaStore, study: Study, finding: str | None
+    engine: Engine, db: Database, media: MediaStore, study: Study, finding: str | None
 ) -> Response[bytes]:
     try:
-        data = await study_heatmap(engine, media, study, finding)
+        data = await study_heatmap(engine, db, media, study, finding)
     except FileNotFoundError:
         raise not_found("image") from None
     return Response(data, media_type=PNG, headers=PRIVATE)
@@ -118,7 +108,7 @@ async def get_image(
     study_id: FromPath[str], principal: PrincipalDep, db: DbDep, media: MediaDep
 ) -> Response[bytes]:
     """The X-ray as decoded (PNG, 8-bit grey; DICOMs are never stored as DICOM)."""
-    return await image_response(media, await load_study(db, study_id, principal))
+    return await image_response(db, media, await load_study(db, study_id, principal))
 
 
 @get("/api/v1/studies/{study_id:str}/heatmap", tags=["studies"], media_type=PNG)
@@ -127,7 +117,7 @@ async def get_heatmap(
 ) -> Response[bytes]:
     """The findings called present, combined (the most probable one when none is)."""
     study = await load_study(db, study_id, principal)
-    return await heatmap_response(engine, media, study, None)
+    return await heatmap_response(engine, db, media, study, None)
 
 
 @get("/api/v1/studies/{study_id:str}/heatmap/{finding:str}", tags=["studies"], media_type=PNG)
@@ -142,7 +132,7 @@ async def get_finding_heatmap(
     """One finding's heatmap; `finding` like `pleural_effusion`."""
     name = finding_of(finding)
     study = await load_study(db, study_id, principal)
-    return await heatmap_response(engine, media, study, name)
+    return await heatmap_response(engine, db, media, study, name)
 
 
 @get("/media/{study_id:str}/{name:str}", tags=["studies"], media_type=PNG, include_in_schema=False)
@@ -157,9 +147,9 @@ async def get_media(
     """The seed's /media/ URLs, with the same ownership check as the API."""
     study = await load_study(db, study_id, principal)
     if name == "image.png":
-        return await image_response(media, study)
+        return await image_response(db, media, study)
     if name == "heatmap.png":
-        return await heatmap_response(engine, media, study, None)
+        return await heatmap_response(engine, db, media, study, None)
     if name.startswith("heatmap-") and name.endswith(".png"):
-        return await heatmap_response(engine, media, study, finding_of(name[8:-4]))
+        return await heatmap_response(engine, db, media, study, finding_of(name[8:-4]))
     raise not_found("file")

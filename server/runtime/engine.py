@@ -61,9 +61,16 @@ class Prediction:
 
 
 class Engine:
-    def __init__(self, settings: Settings, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        registry: CollectorRegistry | None = None,
+        manifest: Manifest | None = None,
+    ) -> None:
+        """`manifest`: the repository's, already verified by the caller (checksumming a
+        full-size repository takes seconds); verified here when not given."""
         self.settings = settings
-        self.manifest: Manifest = verify_repository(settings.model_dir)
+        self.manifest: Manifest = manifest or verify_repository(settings.model_dir)
         self.metrics = EngineMetrics("ensemble", registry)
         self.input_size = tuple(int(d) for d in self.manifest.input.shape[1:])
         self.sessions = [
@@ -154,11 +161,8 @@ class Engine:
     async def predict(self, data: bytes) -> Prediction:
         """Bytes of a PNG, JPEG or DICOM -> Prediction. Raises DecodeError or Overloaded."""
         self.metrics.requests.inc()
-        loop = asyncio.get_running_loop()
         try:
-            image, model_input, decode_s, resize_s = await loop.run_in_executor(
-                self._pool, self.prepare, data
-            )
+            image, model_input, decode_s, resize_s = await self.run_cpu(self.prepare, data)
         except DecodeError as exc:
             self.metrics.errors.labels(kind=exc.code).inc()
             raise

@@ -191,6 +191,14 @@ def model_version(
     return preset + "-" + hashlib.sha256(msgspec.json.encode(parts)).hexdigest()[:12]
 
 
+def graph_file(
+    directory: Path, rel: str, dtype: Literal["float32", "float16"], parity: Parity, build_key: str
+) -> GraphFile:
+    """The manifest's entry for a graph file written at `directory / rel`."""
+    path = Path(directory) / rel
+    return GraphFile(rel, sha256_file(path), dtype, parity, path.stat().st_size, build_key)
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as fh:

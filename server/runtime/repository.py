@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
+from server.files import write_atomic
 from server.runtime.manifest import (
     FINDINGS,
     MANIFEST_NAME,
@@ -64,32 +64,31 @@ def _archive(directory: Path, manifest: Manifest) -> None:
     folder.mkdir(exist_ok=True)
     path = folder / f"{manifest.version}.json"
     if not path.exists():
-        _write_atomic(path, encode_manifest(manifest))
+        write_atomic(path, encode_manifest(manifest))
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+def current_manifest(directory: Path) -> Manifest | None:
+    """The manifest in `directory`, or None when there is none (or it is unreadable)."""
+    try:
+        return load_manifest(Path(directory))
+    except RepositoryError:
+        return None
 
 
 def install_manifest(directory: Path, manifest: Manifest) -> None:
     """Make `manifest` the served one; the one it replaces is archived first."""
     directory = Path(directory)
-    try:
-        current: Manifest | None = load_manifest(directory)
-    except RepositoryError:
-        current = None
+    current = current_manifest(directory)
     if current is not None:
         _archive(directory, current)
     _archive(directory, manifest)
-    _write_atomic(directory / MANIFEST_NAME, encode_manifest(manifest))
+    write_atomic(directory / MANIFEST_NAME, encode_manifest(manifest))
 
 
 def archived_versions(directory: Path) -> list[Manifest]:
     """The archived manifests, oldest first (unreadable ones are skipped)."""
     found = []
-    for path in sorted((Path(directory) / VERSIONS_DIR).glob("*.json")):
+    for path in (Path(directory) / VERSIONS_DIR).glob("*.json"):
         try:
             found.append(decode_manifest(path.read_bytes(), str(path)))
         except RepositoryError:

@@ -121,6 +121,7 @@ def _optimized_copy(src: Path, sha256: str, cache_dir: Path) -> Path | None:
     model = folder / "model.onnx"
     if (folder / "complete").is_file():
         return model
+    tmp: Path | None = None
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=folder.parent))
@@ -141,6 +142,8 @@ def _optimized_copy(src: Path, sha256: str, cache_dir: Path) -> Path | None:
         log.info("saved the CPU-optimized graph in %s", folder)
         return model
     except (OSError, subprocess.SubprocessError) as exc:
+        if tmp is not None:  # a half-written graph can be hundreds of megabytes
+            shutil.rmtree(tmp, ignore_errors=True)
         detail = getattr(exc, "stderr", "") or exc
         log.warning(
             "cannot cache the optimized graph in %s (%s): optimizing at load", folder, detail

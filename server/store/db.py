@@ -53,6 +53,15 @@ class Database:
         """Run blocking store code in a worker thread."""
         return await anyio.to_thread.run_sync(fn, *args)
 
+    async def call(self, fn: Callable[..., T], *args: object) -> T:
+        """Run a store function `fn(session, *args)` in a worker thread, in its own session."""
+
+        def work() -> T:
+            with self.session() as s:
+                return fn(s, *args)
+
+        return await self.run(work)
+
     def ping(self) -> bool:
         try:
             with self.engine.connect() as conn:

@@ -6,11 +6,11 @@ checked against a strict pattern, so no request can reach outside the media fold
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
+
+from server.files import write_atomic
 
 STUDY_ID = re.compile(r"^[A-Za-z0-9_-]{16,32}$")
 FILE_NAME = re.compile(r"^(image|heatmap|heatmap-[a-z_]+)\.png$")
@@ -30,10 +30,7 @@ class MediaStore:
         """Atomic write: a reader never sees half a file."""
         path = self.path(study_id, name)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
+        write_atomic(path, data)
         return path
 
     def read(self, study_id: str, name: str) -> bytes | None:
