@@ -20,12 +20,8 @@ setup: $(STAMP)
 serve: $(STAMP)
 	$(BIN)/chexray serve --preset $(PRESET)
 
-test: $(STAMP)
-	scripts/ensure-postgres.sh
-	scripts/ensure-chromium.sh
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
-	$(BIN)/hadolint Containerfile
+test: lint
+	scripts/ensure-test-deps.sh
 	$(BIN)/python -m pytest
 
 # All benchmarks side by side; writes bench/results/<machine>-<date>.{json,md,png}.

@@ -75,7 +75,7 @@ def postgres(tmp_path_factory: pytest.TempPathFactory):
     """
     initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
     if not initdb or not pg_ctl:
-        pytest.skip("PostgreSQL is not installed (scripts/ensure-postgres.sh installs it)")
+        pytest.skip("PostgreSQL is not installed (scripts/ensure-test-deps.sh installs it)")
     root = tmp_path_factory.mktemp("pg")
     data = root / "data"
     as_user: list[str] = []

@@ -19,7 +19,7 @@ from tests.server_process import running_server
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 pytestmark = pytest.mark.skipif(
-    not Path(CHROMIUM).exists(), reason="Chromium is not installed (scripts/ensure-chromium.sh)"
+    not Path(CHROMIUM).exists(), reason="Chromium is not installed (scripts/ensure-test-deps.sh)"
 )
 PHONE = {"width": 360, "height": 740}
 DESKTOP = {"width": 1280, "height": 860}
