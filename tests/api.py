@@ -71,6 +71,18 @@ def upload(c: TestClient, headers: dict | None = None, seed: int = 0, **params) 
     return r.json()
 
 
+def post_image(
+    c, data: bytes, content_type: str = "image/png", headers: dict | None = None, **params
+):
+    """POST /api/v1/predictions with a raw body (a TestClient or an httpx.Client)."""
+    return c.post(
+        "/api/v1/predictions",
+        content=data,
+        headers={"content-type": content_type, **(headers or {})},
+        params=params,
+    )
+
+
 def error(r, status: int, code: str) -> dict:
     assert r.status_code == status, r.text
     body = r.json()

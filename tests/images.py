@@ -111,3 +111,9 @@ def dicom(
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
     return buf.getvalue()
+
+
+def dicom_ramp(height: int = 240, width: int = 200) -> bytes:
+    """A 12-bit DICOM whose pixels ramp from 0 to 4095."""
+    ramp = np.rint(np.linspace(0, 4095, height * width)).reshape(height, width)
+    return dicom(ramp.astype(np.uint16))

@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.api import client, error, register, upload, xray
-from tests.images import dicom, png_header_only
+from tests.api import client, error, post_image, register, upload, xray
+from tests.images import dicom_ramp, png_header_only
 
 
 @pytest.fixture
@@ -40,13 +40,7 @@ def test_anonymous_prediction_has_an_inline_heatmap_and_is_not_stored(c) -> None
 
 
 def test_raw_body_dicom_and_anonymous_storage(c) -> None:
-    data = dicom(np.rint(np.linspace(0, 4095, 200 * 240)).reshape(240, 200).astype(np.uint16))
-    r = c.post(
-        "/api/v1/predictions",
-        content=data,
-        headers={"content-type": "application/dicom"},
-        params={"store": "true"},
-    )
+    r = post_image(c, dicom_ramp(), "application/dicom", store="true")
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["stored"] and body["id"] and body["heatmap_png_base64"] is None
@@ -71,16 +65,7 @@ def test_heatmap_modes(c) -> None:
     )
     stored = upload(c, store="true", heatmap="inline")
     assert stored["heatmap_png_base64"] and stored["urls"]
-    error(
-        c.post(
-            "/api/v1/predictions",
-            content=xray(),
-            params={"heatmap": "sideways"},
-            headers={"content-type": "image/png"},
-        ),
-        400,
-        "invalid_request",
-    )
+    error(post_image(c, xray(), heatmap="sideways"), 400, "invalid_request")
 
 
 def test_signed_in_predictions_become_studies(c) -> None:
@@ -105,15 +90,11 @@ def test_signed_in_predictions_become_studies(c) -> None:
     ],
 )
 def test_bad_uploads(c, content: bytes, content_type: str, status: int, code: str) -> None:
-    r = c.post("/api/v1/predictions", content=content, headers={"content-type": content_type})
-    error(r, status, code)
+    error(post_image(c, content, content_type), status, code)
 
 
 def test_body_over_the_server_limit(c) -> None:
-    r = c.post(
-        "/api/v1/predictions", content=b"\0" * 1_400_000, headers={"content-type": "image/png"}
-    )
-    error(r, 413, "payload_too_large")
+    error(post_image(c, b"\0" * 1_400_000), 413, "payload_too_large")
 
 
 def test_multipart_without_an_image(c) -> None:
@@ -124,23 +105,12 @@ def test_multipart_without_an_image(c) -> None:
 
 
 def test_request_id_is_echoed(c) -> None:
-    r = c.post(
-        "/api/v1/predictions",
-        content=b"",
-        headers={"content-type": "image/png", "x-request-id": "abc-123"},
-    )
+    r = post_image(c, b"", headers={"x-request-id": "abc-123"})
     assert r.headers["x-request-id"] == "abc-123" and r.json()["request_id"] == "abc-123"
 
 
 def test_inline_image_and_cam_maps_for_client_side_heatmaps(c) -> None:
-    data = dicom(np.rint(np.linspace(0, 4095, 200 * 240)).reshape(240, 200).astype(np.uint16))
-    r = c.post(
-        "/api/v1/predictions",
-        content=data,
-        params={"image": "inline"},
-        headers={"content-type": "application/dicom"},
-    )
-    body = r.json()
+    body = post_image(c, dicom_ramp(), "application/dicom", image="inline").json()
     image = cv2.imdecode(
         np.frombuffer(base64.b64decode(body["image_png_base64"]), np.uint8), cv2.IMREAD_UNCHANGED
     )

@@ -15,6 +15,7 @@ import pytest
 from chexray.cli import main
 from server.runtime.manifest import FINDINGS, load_manifest
 from server.runtime.repository import verify_repository
+from tests.api import post_image
 from tests.conftest import make_keras_files
 from tests.labelled_set import write_chexpert_set
 from tests.server_process import running_server
@@ -104,12 +105,8 @@ def test_evaluate_says_what_is_wrong(labelled, informative_repo, tmp_path: Path,
 
 
 def predict(base: str, image: bytes) -> dict:
-    r = httpx.post(
-        base + "/api/v1/predictions?heatmap=none",
-        content=image,
-        headers={"content-type": "image/png"},
-        timeout=30,
-    )
+    with httpx.Client(base_url=base, timeout=30) as h:
+        r = post_image(h, image, heatmap="none")
     assert r.status_code == 200, r.text
     return r.json()
 

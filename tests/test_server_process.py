@@ -11,7 +11,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.api import PASSWORD, xray
+from tests.api import post_image, register, xray
 from tests.server_process import running_server
 
 
@@ -27,20 +27,7 @@ def test_readme_flows_over_http(server) -> None:
     with httpx.Client(base_url=base, timeout=30) as h:
         r = h.post("/api/v1/predictions", files={"image": ("chest.png", xray(), "image/png")})
         assert r.status_code == 200 and r.json()["heatmap_png_base64"]
-        r = h.post(
-            "/api/v1/auth/register",
-            json={
-                "username": "alice",
-                "email": "alice@example.org",
-                "password": PASSWORD,
-                "password2": PASSWORD,
-            },
-        )
-        assert r.status_code == 201
-        token = h.post(
-            "/api/v1/auth/login", json={"username": "alice", "password": PASSWORD}
-        ).json()["token"]
-        auth = {"Authorization": f"Bearer {token}"}
+        auth = register(h, "alice")
         study = h.post(
             "/api/v1/predictions",
             headers=auth,
@@ -58,14 +45,9 @@ def test_concurrent_anonymous_predictions_are_neither_lost_nor_mixed_up(server) 
     base, _ = server
     uploads = [xray(seed=100 + i, size=(200 + i, 180)) for i in range(48)]
 
-    def predict(data: bytes) -> list[float]:
+    def predict(data: bytes) -> tuple[list[float], dict]:
         with httpx.Client(base_url=base, timeout=60) as h:
-            r = h.post(
-                "/api/v1/predictions",
-                content=data,
-                params={"heatmap": "none"},
-                headers={"content-type": "image/png"},
-            )
+            r = post_image(h, data, heatmap="none")
             assert r.status_code == 200, r.text
             return [f["probability"] for f in r.json()["findings"]], r.json()["timings"]
 

@@ -10,11 +10,9 @@ import os
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from tests.api import PASSWORD, xray
-from tests.images import png
 from tests.server_process import running_server
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -67,9 +65,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     chest.write_bytes(xray(seed=3, size=(600, 520)))
     text = d / "notes.png"
     text.write_bytes(b"These are my notes, not an X-ray.\n")
-    big = d / "big.png"
-    big.write_bytes(png(np.zeros((300, 300), np.uint8)))
-    return {"chest": chest, "text": text, "big": big}
+    return {"chest": chest, "text": text}
 
 
 @pytest.fixture

@@ -2,14 +2,16 @@
 // the CSRF header on unsafe methods, and errors turned into sentences for people.
 
 export class ApiError extends Error {
-  constructor(status, body) {
+  constructor(status, body, retryAfter = null) {
     super(body?.message || `HTTP ${status}`);
     this.status = status;
     this.code = body?.code || "http_error";
     this.detail = body?.detail ?? null;
-    this.retryAfter = null;
+    this.retryAfter = retryAfter;
   }
 }
+
+const networkError = () => new ApiError(0, { code: "network" });
 
 function csrfToken() {
   const m = document.cookie.match(/(?:^|;\s*)chexray_csrf=([^;]+)/);
@@ -26,11 +28,7 @@ async function parse(response) {
   if (response.status === 204) return null;
   const type = response.headers.get("content-type") || "";
   const body = type.includes("json") ? await response.json().catch(() => null) : null;
-  if (!response.ok) {
-    const err = new ApiError(response.status, body);
-    err.retryAfter = response.headers.get("retry-after");
-    throw err;
-  }
+  if (!response.ok) throw new ApiError(response.status, body, response.headers.get("retry-after"));
   return body;
 }
 
@@ -44,7 +42,7 @@ export async function call(method, path, body) {
       body: body ? JSON.stringify(body) : undefined,
     });
   } catch {
-    throw new ApiError(0, { code: "network", message: "" });
+    throw networkError();
   }
   return parse(response);
 }
@@ -58,14 +56,12 @@ export function upload(path, form, onProgress) {
     for (const [k, v] of Object.entries(headersFor("POST"))) xhr.setRequestHeader(k, v);
     xhr.upload.onprogress = (e) => e.lengthComputable && onProgress("upload", e.loaded / e.total);
     xhr.upload.onload = () => onProgress("analyse", 1);
-    xhr.onerror = () => reject(new ApiError(0, { code: "network", message: "" }));
+    xhr.onerror = () => reject(networkError());
     xhr.onload = () => {
       let body = null;
       try { body = JSON.parse(xhr.responseText); } catch { /* not JSON */ }
       if (xhr.status >= 200 && xhr.status < 300) return resolve(body);
-      const err = new ApiError(xhr.status, body);
-      err.retryAfter = xhr.getResponseHeader("retry-after");
-      reject(err);
+      reject(new ApiError(xhr.status, body, xhr.getResponseHeader("retry-after")));
     };
     xhr.send(form);
   });

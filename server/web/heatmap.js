@@ -5,8 +5,7 @@
 const FLOOR = 0.15;
 
 export function normalise(map) {
-  const flat = map.flat().map((v) => Math.max(v, 0));
-  const peak = Math.max(...flat);
+  const peak = Math.max(0, ...map.flat());
   return map.map((row) => row.map((v) => (peak > 0 ? Math.max(v, 0) / peak : 0)));
 }
 
