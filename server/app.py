@@ -1,4 +1,4 @@
-"""The Litestar app factory: wires settings, engine, store and routes.
+"""The Litestar app factory: wires settings, the service (engine and store) and routes.
 
 The process is live at once; it is ready (GET /health/ready) when the models are loaded
 and warmed up, which happens in the background after start-up.
@@ -6,7 +6,6 @@ and warmed up, which happens in the background after start-up.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -19,16 +18,13 @@ from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from prometheus_client import CollectorRegistry
 
 from chexray import __version__
-from server.api import accounts, operations, predictions, seed, studies, web
+from server.api import accounts, legacy, operations, predictions, studies, web
 from server.api.deps import DEPENDENCIES
 from server.api.errors import EXCEPTION_HANDLERS
 from server.api.middleware import HttpMetrics, request_context
 from server.api.ratelimit import RateLimiter
-from server.runtime.engine import Engine
-from server.runtime.manifest import Manifest
+from server.service import Manifest, Service
 from server.settings import Settings
-from server.store.db import Database
-from server.store.media import MediaStore
 
 log = logging.getLogger("chexray")
 
@@ -48,13 +44,13 @@ ROUTES = [
     studies.get_image,
     studies.get_heatmap,
     studies.get_finding_heatmap,
-    studies.get_media,
-    seed.signup,
-    seed.seed_login,
-    seed.seed_user,
-    seed.seed_xray_detail,
-    seed.seed_upload,
-    seed.seed_anonupload,
+    legacy.signup,
+    legacy.legacy_login,
+    legacy.legacy_user,
+    legacy.legacy_xray_detail,
+    legacy.legacy_upload,
+    legacy.legacy_anonupload,
+    legacy.legacy_media,
     operations.live,
     operations.ready,
     operations.metrics,
@@ -70,32 +66,15 @@ def create_app(settings: Settings | None = None, manifest: Manifest | None = Non
     logging.getLogger("chexray").setLevel(settings.log_level.upper())
     registry = CollectorRegistry()
     http_metrics = HttpMetrics(registry)
-    db = Database(settings.db_url)
-    media = MediaStore(settings.media_dir)
-
-    async def boot_engine(app: Litestar) -> None:
-        try:
-            engine = await asyncio.to_thread(Engine, settings, registry, manifest)
-            app.state.engine = engine
-            await engine.start()
-            log.info("ready: model %s on %s", engine.manifest.version, engine.provider)
-        except Exception as exc:
-            app.state.engine_error = str(exc)
-            log.error("the models failed to load: %s", exc)
+    service = Service(settings, registry, manifest)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        await db.run(db.create_all)
-        log.info("database %s, media in %s", db.safe_url, media.root)
-        boot = asyncio.create_task(boot_engine(app))
+        await service.start()
         try:
             yield
         finally:
-            boot.cancel()
-            engine: Engine | None = app.state.get("engine")
-            if engine is not None:
-                await engine.stop()
-            db.dispose()
+            await service.stop()
 
     return Litestar(
         route_handlers=ROUTES,
@@ -106,12 +85,9 @@ def create_app(settings: Settings | None = None, manifest: Manifest | None = Non
         state=State(
             {
                 "settings": settings,
-                "db": db,
-                "media": media,
+                "service": service,
                 "registry": registry,
                 "limiter": RateLimiter(*settings.rate_limit),
-                "engine": None,
-                "engine_error": None,
             }
         ),
         cors_config=CORSConfig(allow_origins=list(settings.cors_origins))

@@ -2,19 +2,11 @@
 
 from __future__ import annotations
 
-import datetime as dt
-
 from litestar import Request, Response, delete, get, patch, post
 from litestar.params import JSONBody
-from sqlmodel import Session
 
-from server.api.auth import (
-    Principal,
-    clear_session_cookies,
-    client_key,
-    set_session_cookies,
-)
-from server.api.deps import AuthDep, DbDep, LimiterDep, MediaDep, PrincipalDep, SettingsDep
+from server.api.auth import clear_session_cookies, client_key, set_session_cookies
+from server.api.deps import AuthDep, LimiterDep, PrincipalDep, ServiceDep, SettingsDep
 from server.api.errors import ApiError
 from server.api.ratelimit import RateLimiter
 from server.api.schemas import (
@@ -27,10 +19,7 @@ from server.api.schemas import (
     SessionOut,
     TokenOut,
 )
-from server.settings import Settings
-from server.store import accounts
-from server.store.models import Token, User
-from server.store.passwords import policy_problems
+from server.service import Service, User
 
 
 def rate_limit(limiter: RateLimiter, request: Request, username: str) -> None:
@@ -45,79 +34,44 @@ def rate_limit(limiter: RateLimiter, request: Request, username: str) -> None:
         )
 
 
-def check_new_password(
-    password: str, password2: str, username: str, field: str = "password"
-) -> None:
-    if password != password2:
-        raise ApiError(422, "password_mismatch", "the two passwords differ", {"field": field})
-    problems = policy_problems(password, username)
-    if problems:
-        raise ApiError(
-            422,
-            "weak_password",
-            "the password " + " and ".join(problems),
-            {"field": field, "problems": problems},
-        )
-
-
-def profile(s: Session, user: User, count: int | None = None) -> Profile:
+async def profile(service: Service, user: User, count: int | None = None) -> Profile:
     """The user's profile; `count` (their studies) is looked up unless given."""
     if count is None:
-        count = accounts.study_count(s, user.id)
+        count = await service.accounts.study_count(user)
     return Profile(user.id, user.username, user.email, user.full_name, user.date_joined, count)
-
-
-def register_user(
-    s: Session, username: str, password: str, email: str | None, full_name: str
-) -> User:
-    try:
-        return accounts.create_user(s, username, password, email, full_name)
-    except accounts.UsernameTaken:
-        raise ApiError(
-            409, "username_taken", f"the username {username!r} is taken", {"field": "username"}
-        ) from None
-
-
-def issue(s: Session, user: User, settings: Settings, kind: str) -> tuple[str, Token]:
-    return accounts.issue_token(s, user.id, dt.timedelta(hours=settings.token_lifetime_hours), kind)
-
-
-def sign_in(
-    s: Session, username: str, password: str, settings: Settings, kind: str
-) -> tuple[User, str, Token]:
-    """Check the password and issue a token, in one session."""
-    user = accounts.authenticate(s, username, password)
-    if user is None:
-        raise ApiError(401, "invalid_credentials", "wrong username or password")
-    raw, token = issue(s, user, settings, kind)
-    return user, raw, token
 
 
 @post("/api/v1/auth/register", status_code=201, tags=["accounts"])
 async def register(
-    request: Request, data: JSONBody[RegisterIn], db: DbDep, limiter: LimiterDep
+    request: Request, data: JSONBody[RegisterIn], service: ServiceDep, limiter: LimiterDep
 ) -> Profile:
-    """Create an account (the seed's form: username, email, password, password2)."""
+    """Create an account (the legacy application's form: username, email, password,
+    password2)."""
     rate_limit(limiter, request, data.username)
-    check_new_password(data.password, data.password2, data.username)
-    user = await db.call(register_user, data.username, data.password, data.email, data.full_name)
-    return await db.call(profile, user, 0)
+    user = await service.accounts.register(
+        data.username, data.password, data.password2, data.email, data.full_name
+    )
+    return await profile(service, user, 0)
 
 
 @post("/api/v1/auth/login", status_code=200, tags=["accounts"])
 async def login(
-    request: Request, data: JSONBody[LoginIn], db: DbDep, limiter: LimiterDep, settings: SettingsDep
+    request: Request,
+    data: JSONBody[LoginIn],
+    service: ServiceDep,
+    limiter: LimiterDep,
+    settings: SettingsDep,
 ) -> Response[TokenOut]:
     """Exchange a username and password for a bearer token, or (cookie=true) a session
     cookie for the web app plus the CSRF token to echo in X-CSRF-Token."""
     rate_limit(limiter, request, data.username)
     kind = "session" if data.cookie else "bearer"
-    user, raw, token = await db.call(sign_in, data.username, data.password, settings, kind)
+    user, raw, token = await service.accounts.sign_in(data.username, data.password, kind)
     body = TokenOut(
         token=None if data.cookie else raw,
         token_type="Bearer",
         expires_at=token.expires_at,
-        user=await db.call(profile, user),
+        user=await profile(service, user),
     )
     response = Response(body)
     if data.cookie:
@@ -126,61 +80,47 @@ async def login(
 
 
 @post("/api/v1/auth/logout", status_code=204, tags=["accounts"])
-async def logout(auth: AuthDep, db: DbDep) -> Response[None]:
+async def logout(auth: AuthDep, service: ServiceDep) -> Response[None]:
     """Revoke the token (or session) this request was made with."""
-    await db.call(accounts.revoke_token, auth.raw_token)
+    await service.accounts.sign_out(auth)
     response = Response(None, status_code=204)
     clear_session_cookies(response)
     return response
 
 
 @get("/api/v1/auth/session", tags=["accounts"])
-async def session(principal: PrincipalDep, db: DbDep) -> SessionOut:
+async def session(principal: PrincipalDep, service: ServiceDep) -> SessionOut:
     """Who is signed in, if anyone (200 either way; the web app asks this at start)."""
-    return SessionOut(await db.call(profile, principal.user) if principal else None)
+    return SessionOut(await profile(service, principal.user) if principal else None)
 
 
 @get("/api/v1/me", tags=["accounts"])
-async def get_me(auth: AuthDep, db: DbDep) -> Profile:
-    return await db.call(profile, auth.user)
-
-
-def _patch(s: Session, user: User, data: ProfilePatch) -> Profile:
-    return profile(s, accounts.update_profile(s, user, data.email, data.full_name))
+async def get_me(auth: AuthDep, service: ServiceDep) -> Profile:
+    return await profile(service, auth.user)
 
 
 @patch("/api/v1/me", tags=["accounts"])
-async def patch_me(auth: AuthDep, data: JSONBody[ProfilePatch], db: DbDep) -> Profile:
+async def patch_me(auth: AuthDep, data: JSONBody[ProfilePatch], service: ServiceDep) -> Profile:
     """Change email or full name."""
-    return await db.call(_patch, auth.user, data)
-
-
-def _change_password(s: Session, auth: Principal, data: PasswordChange) -> int:
-    if accounts.authenticate(s, auth.user.username, data.current_password) is None:
-        raise ApiError(
-            401,
-            "invalid_credentials",
-            "the current password is wrong",
-            {"field": "current_password"},
-        )
-    check_new_password(data.new_password, data.new_password2, auth.user.username, "new_password")
-    accounts.set_password(s, auth.user, data.new_password)
-    return accounts.revoke_other_tokens(s, auth.user_id, auth.token.id)
+    user = await service.accounts.update_profile(auth.user, data.email, data.full_name)
+    return await profile(service, user)
 
 
 @post("/api/v1/me/password", status_code=200, tags=["accounts"])
 async def change_password(
-    auth: AuthDep, data: JSONBody[PasswordChange], db: DbDep
+    auth: AuthDep, data: JSONBody[PasswordChange], service: ServiceDep
 ) -> PasswordChanged:
     """Change the password; every other token and session of the account is revoked."""
-    return PasswordChanged(await db.call(_change_password, auth, data))
+    revoked = await service.accounts.change_password(
+        auth, data.current_password, data.new_password, data.new_password2
+    )
+    return PasswordChanged(revoked)
 
 
 @delete("/api/v1/me", status_code=204, tags=["accounts"])
-async def delete_me(auth: AuthDep, db: DbDep, media: MediaDep) -> Response[None]:
+async def delete_me(auth: AuthDep, service: ServiceDep) -> Response[None]:
     """Delete the account, its tokens, its studies and their files."""
-    for study_id in await db.call(accounts.delete_user, auth.user_id):
-        await db.run(media.delete_study, study_id)
+    await service.accounts.delete(auth)
     response = Response(None, status_code=204)
     clear_session_cookies(response)
     return response

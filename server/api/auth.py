@@ -7,33 +7,18 @@ from __future__ import annotations
 import datetime as dt
 import hmac
 import secrets
-from dataclasses import dataclass
 
 from litestar import Request, Response
 from litestar.di import NamedDependency
 
 from server.api.errors import ApiError
+from server.service import Principal, Service
 from server.settings import Settings
-from server.store import accounts
-from server.store.db import Database
-from server.store.models import Token, User
 
 SESSION_COOKIE = "chexray_session"
 CSRF_COOKIE = "chexray_csrf"
 CSRF_HEADER = "x-csrf-token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-
-
-@dataclass(frozen=True)
-class Principal:
-    user: User
-    token: Token
-    raw_token: str
-
-    @property
-    def user_id(self) -> int:
-        assert self.user.id is not None
-        return self.user.id
 
 
 def _credential(request: Request) -> tuple[str, str] | None:
@@ -52,13 +37,15 @@ def _credential(request: Request) -> tuple[str, str] | None:
     return (cookie, "cookie") if cookie else None
 
 
-async def provide_principal(request: Request, db: NamedDependency[Database]) -> Principal | None:
+async def provide_principal(
+    request: Request, service: NamedDependency[Service]
+) -> Principal | None:
     found = _credential(request)
     if found is None:
         return None
     raw, via = found
-    row = await db.call(accounts.user_for_token, raw)
-    if row is None:
+    principal = await service.accounts.principal(raw)
+    if principal is None:
         raise ApiError(
             401,
             "invalid_token",
@@ -75,8 +62,7 @@ async def provide_principal(request: Request, db: NamedDependency[Database]) -> 
                 f"a cookie-authenticated {request.method} needs the {CSRF_HEADER} header "
                 f"carrying the {CSRF_COOKIE} cookie's value",
             )
-    user, token = row
-    return Principal(user, token, raw)
+    return principal
 
 
 async def provide_auth(principal: NamedDependency[Principal | None]) -> Principal:

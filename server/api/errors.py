@@ -12,8 +12,17 @@ from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
 from server.api.schemas import Error
-from server.runtime.batcher import Overloaded
-from server.runtime.decode import DecodeError
+from server.errors import (
+    ChexrayError,
+    Conflict,
+    InvalidInput,
+    NotFound,
+    TooLarge,
+    Unauthenticated,
+    Unavailable,
+    UnprocessableInput,
+    UnsupportedInput,
+)
 
 log = logging.getLogger("chexray.api")
 
@@ -32,7 +41,30 @@ STATUS_CODES = {
 }
 
 
+# The one table from the service's and runtime's kinds of error to HTTP statuses; the
+# error's own code and message go into the body unchanged.
+STATUS_OF_KIND: dict[type[ChexrayError], int] = {
+    InvalidInput: 400,
+    Unauthenticated: 401,
+    NotFound: 404,
+    Conflict: 409,
+    TooLarge: 413,
+    UnsupportedInput: 415,
+    UnprocessableInput: 422,
+    Unavailable: 503,
+}
+
+
+def status_of(exc: ChexrayError) -> int:
+    for kind in type(exc).__mro__:
+        if kind in STATUS_OF_KIND:
+            return STATUS_OF_KIND[kind]
+    return 500
+
+
 class ApiError(Exception):
+    """An error of the HTTP layer itself (a missing form field, a rate limit, CSRF)."""
+
     def __init__(
         self,
         status: int,
@@ -44,10 +76,6 @@ class ApiError(Exception):
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
         self.detail, self.headers = detail, headers or {}
-
-
-def not_found(what: str = "study") -> ApiError:
-    return ApiError(404, "not_found", f"no such {what}")
 
 
 def request_id(request: Request) -> str | None:
@@ -63,20 +91,14 @@ def handle_api_error(request: Request, exc: ApiError) -> Response:
     return _respond(request, exc.status, exc.code, exc.message, exc.detail, exc.headers)
 
 
-def handle_decode_error(request: Request, exc: DecodeError) -> Response:
-    return _respond(request, exc.status, exc.code, exc.message)
-
-
-def handle_overloaded(request: Request, exc: Overloaded) -> Response:
-    seconds = max(1, round(exc.retry_after))
-    return _respond(
-        request,
-        503,
-        "overloaded",
-        f"{exc}; retry in {seconds} s",
-        None,
-        {"Retry-After": str(seconds)},
-    )
+def handle_chexray_error(request: Request, exc: ChexrayError) -> Response:
+    status = status_of(exc)
+    if status == 500:  # a kind without a status is a bug here, not the caller's fault
+        return handle_unexpected(request, exc)
+    headers = {}
+    if exc.retry_after is not None:
+        headers["Retry-After"] = str(max(1, round(exc.retry_after)))
+    return _respond(request, status, exc.code, exc.message, exc.detail, headers)
 
 
 def handle_validation(request: Request, exc: ValidationException) -> Response:
@@ -113,8 +135,7 @@ def handle_unexpected(request: Request, exc: Exception) -> Response:
 
 EXCEPTION_HANDLERS = {
     ApiError: handle_api_error,
-    DecodeError: handle_decode_error,
-    Overloaded: handle_overloaded,
+    ChexrayError: handle_chexray_error,
     ValidationException: handle_validation,
     HTTPException: handle_http,
     Exception: handle_unexpected,

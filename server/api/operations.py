@@ -8,10 +8,9 @@ from litestar import Response, get
 from litestar.datastructures import State
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from server.api.deps import DbDep, EngineDep, SettingsDep
+from server.api.deps import ServiceDep, SettingsDep
 from server.api.schemas import CalibrationInfo, Health, MemberInfo, ModelsOut
-from server.runtime.engine import Engine
-from server.runtime.manifest import FINDINGS, Calibration
+from server.service import FINDINGS, Calibration
 
 
 @get("/health/live", tags=["operations"])
@@ -21,16 +20,11 @@ async def live() -> Health:
 
 
 @get("/health/ready", tags=["operations"])
-async def ready(state: State, db: DbDep) -> Response[Health]:
+async def ready(service: ServiceDep) -> Response[Health]:
     """Models loaded, warm-up done and the database reachable; 503 otherwise."""
-    engine: Engine | None = state.get("engine")
-    checks = {
-        "models_loaded": engine is not None,
-        "warmed_up": bool(engine and engine.ready),
-        "database": await db.run(db.ping),
-    }
+    checks, error = await service.readiness()
     ok = all(checks.values())
-    body = Health("ready" if ok else "not_ready", checks, state.get("engine_error"))
+    body = Health("ready" if ok else "not_ready", checks, error)
     return Response(body, status_code=200 if ok else 503)
 
 
@@ -41,9 +35,9 @@ async def metrics(state: State) -> Response[bytes]:
 
 
 @get("/api/v1/models", tags=["models"])
-async def models(engine: EngineDep, settings: SettingsDep) -> ModelsOut:
+async def models(service: ServiceDep, settings: SettingsDep) -> ModelsOut:
     """What is being served: members, sizes, trained or not, weights, thresholds, version."""
-    m = engine.manifest
+    m, provider = service.serving()
     directory = settings.model_dir
 
     def size(rel: str) -> int:
@@ -79,7 +73,7 @@ async def models(engine: EngineDep, settings: SettingsDep) -> ModelsOut:
         version=m.version,
         preset=m.preset,
         trained=m.trained,
-        provider=engine.provider,
+        provider=provider,
         findings=list(FINDINGS),
         thresholds=dict(zip(FINDINGS, m.thresholds.values, strict=True)),
         thresholds_source=m.thresholds.source,

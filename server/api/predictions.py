@@ -7,19 +7,18 @@ from typing import Literal
 from litestar import Request, post
 from litestar.params import Parameter
 
-from server.api.analysis import analyse
-from server.api.deps import DbDep, EngineDep, MediaDep, PrincipalDep
+from server.api.deps import PrincipalDep, ServiceDep
 from server.api.errors import ApiError
+from server.api.responses import study_out
 from server.api.schemas import StudyOut
 from server.api.uploads import read_upload
+from server.service import AnalyseOptions
 
 
 @post("/api/v1/predictions", status_code=200, tags=["predictions"])
 async def create_prediction(
     request: Request,
-    engine: EngineDep,
-    db: DbDep,
-    media: MediaDep,
+    service: ServiceDep,
     principal: PrincipalDep,
     store: bool = Parameter(
         default=False, description="keep an anonymous study (reachable by its id, never listed)"
@@ -49,15 +48,12 @@ async def create_prediction(
             "heatmap_url_needs_storage",
             "heatmap=url needs a stored study: sign in or add store=true",
         )
-    out, _ = await analyse(
-        engine,
-        db,
-        media,
-        data,
+    options = AnalyseOptions(
         title=title,
         owner_id=principal.user_id if principal else None,
         store=stored,
-        inline_heatmap=mode == "inline",
-        inline_image=image == "inline",
+        heatmap=mode == "inline",
+        image=image == "inline",
     )
-    return out
+    analysis = await service.predictions.analyse(data, options)
+    return study_out(request, analysis.result, analysis)

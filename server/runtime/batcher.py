@@ -18,17 +18,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from server.errors import Unavailable
 from server.runtime.metrics import EngineMetrics
 
 RunBatch = Callable[[int, np.ndarray], dict[str, np.ndarray]]  # (instance, batch) -> outputs
 
 
-class Overloaded(Exception):
+class Overloaded(Unavailable):
     """The queue is full (or the engine is stopping): try again after `retry_after` s."""
 
-    def __init__(self, message: str, retry_after: float) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
+    def __init__(self, reason: str, retry_after: float) -> None:
+        seconds = max(1, round(retry_after))
+        super().__init__("overloaded", f"{reason}; retry in {seconds} s", None, retry_after)
 
 
 @dataclass

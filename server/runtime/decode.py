@@ -16,6 +16,14 @@ from typing import Literal
 import cv2
 import numpy as np
 
+from server.errors import (
+    ChexrayError,
+    InvalidInput,
+    TooLarge,
+    UnprocessableInput,
+    UnsupportedInput,
+)
+
 Format = Literal["png", "jpeg", "dicom"]
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -42,49 +50,42 @@ DICOM_TECHNICAL_TAGS = (
 )
 
 
-class DecodeError(Exception):
-    """The upload is not an X-ray CheXray can read. `code` is stable; `status` the HTTP one."""
-
-    def __init__(self, code: str, message: str, status: int) -> None:
-        super().__init__(message)
-        self.code, self.message, self.status = code, message, status
+# Every error decode raises is one of these kinds, with a stable code.
+DecodeError = ChexrayError
 
 
 def empty() -> DecodeError:
-    return DecodeError("empty_image", "the upload is empty: send the image's bytes", 400)
+    return InvalidInput("empty_image", "the upload is empty: send the image's bytes")
 
 
 def too_large(size: int, limit: int) -> DecodeError:
-    return DecodeError(
+    return TooLarge(
         "image_too_large",
         f"the upload is {size / 2**20:.1f} MiB; the limit is {limit / 2**20:.0f} MiB",
-        413,
     )
 
 
 def too_many_pixels(width: int, height: int, limit: int) -> DecodeError:
-    return DecodeError(
+    return TooLarge(
         "image_too_many_pixels",
         f"the image is {width}x{height} = {width * height / 1e6:.0f} megapixels; the limit is "
         f"{limit / 1e6:.0f} megapixels: downscale it before sending",
-        413,
     )
 
 
 def unsupported_format() -> DecodeError:
-    return DecodeError(
+    return UnsupportedInput(
         "unsupported_format",
         "not a PNG, JPEG or DICOM file (judged from its content, not its name)",
-        415,
     )
 
 
 def corrupt(kind: str, detail: str) -> DecodeError:
-    return DecodeError("corrupt_image", f"the {kind} file cannot be decoded: {detail}", 422)
+    return UnprocessableInput("corrupt_image", f"the {kind} file cannot be decoded: {detail}")
 
 
 def zero_sized(kind: str) -> DecodeError:
-    return DecodeError("empty_image", f"the {kind} header says the image has no pixels", 422)
+    return UnprocessableInput("empty_image", f"the {kind} header says the image has no pixels")
 
 
 @dataclass
@@ -250,10 +251,9 @@ def _decode_dicom(data: bytes, max_pixels: int) -> DecodedImage:
     except (InvalidDicomError, EOFError, ValueError, struct.error, OSError, KeyError) as exc:
         raise corrupt("DICOM", f"{type(exc).__name__}: {exc}") from None
     if "PixelData" not in ds:
-        raise DecodeError(
+        raise UnprocessableInput(
             "no_pixel_data",
             "the DICOM file holds no image (no Pixel Data element: truncated?)",
-            422,
         )
     rows, cols = int(getattr(ds, "Rows", 0) or 0), int(getattr(ds, "Columns", 0) or 0)
     _check_pixels("DICOM", cols, rows, max_pixels)
@@ -264,11 +264,10 @@ def _decode_dicom(data: bytes, max_pixels: int) -> DecodedImage:
         arr = ds.pixel_array if frames == 1 else ds.pixel_array[0]
     except (NotImplementedError, RuntimeError) as exc:
         name = f"{syntax.name} ({syntax})" if syntax is not None else "unknown"
-        raise DecodeError(
+        raise UnsupportedInput(
             "unsupported_transfer_syntax",
             f"unsupported transfer syntax {name}: no installed decoder can read it "
             f"({exc}); send it uncompressed or as PNG",
-            415,
         ) from None
     except Exception as exc:  # damaged pixel data: wrong length, broken codestream
         raise corrupt("DICOM", f"pixel data: {type(exc).__name__}: {exc}") from None
@@ -303,7 +302,7 @@ def _decode_dicom(data: bytes, max_pixels: int) -> DecodedImage:
 
 
 def decode(data: bytes, max_bytes: int, max_pixels: int) -> DecodedImage:
-    """Decode an upload or raise DecodeError with a stable code and an HTTP status."""
+    """Decode an upload or raise a DecodeError (a ChexrayError kind) with a stable code."""
     if not data:
         raise empty()
     if len(data) > max_bytes:

@@ -1,7 +1,8 @@
 """The engine: image bytes in, findings, probabilities and CAM maps out. No HTTP here.
 
 decode (thread pool) -> resize (thread pool) -> dynamic batcher -> fused graph (worker
-thread per instance) -> thresholds. Heatmaps are rendered on request, in the pool too.
+thread per instance) -> thresholds. Tensor names come from the manifest, checked against the
+contract (server/runtime/contract.py). Heatmaps are drawn from the outputs by server/cam.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ from typing import TypeVar
 import numpy as np
 from prometheus_client import CollectorRegistry, Gauge
 
-from server.cam.render import heatmap_png
+from server.errors import ChexrayError
+from server.runtime import contract
 from server.runtime.batcher import DynamicBatcher
-from server.runtime.decode import DecodedImage, DecodeError, decode
+from server.runtime.decode import DecodedImage, decode
 from server.runtime.manifest import FINDINGS, Manifest
 from server.runtime.metrics import EngineMetrics
 from server.runtime.preprocess import resize_for_model
@@ -29,8 +31,6 @@ from server.settings import Settings
 
 log = logging.getLogger("chexray.runtime")
 T = TypeVar("T")
-
-OUTPUTS = ("probabilities", "member_probabilities", "cam_probabilities", "cam_maps")
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,9 @@ class Engine:
         self.settings = settings
         self.manifest: Manifest = manifest or verify_repository(settings.model_dir)
         self.metrics = EngineMetrics("ensemble", registry)
-        self.input_size = tuple(int(d) for d in self.manifest.input.shape[1:])
+        self.input_size = contract.check_contract(self.manifest)
+        self._input = self.manifest.input.name
+        self._outputs = [o.name for o in self.manifest.outputs]
         self.sessions = [
             open_session(
                 self.manifest,
@@ -142,8 +144,8 @@ class Engine:
     # -- work ------------------------------------------------------------------------------
 
     def _run_batch(self, instance: int, batch: np.ndarray) -> dict[str, np.ndarray]:
-        outputs = self.sessions[instance].run(list(OUTPUTS), {"image": batch})
-        return dict(zip(OUTPUTS, outputs, strict=True))
+        outputs = self.sessions[instance].run(self._outputs, {self._input: batch})
+        return dict(zip(self._outputs, outputs, strict=True))
 
     def run_batch(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """One fused-graph run on a prepared [N, H, W] uint8 batch, outside the batcher:
@@ -159,27 +161,28 @@ class Engine:
         return image, model_input, t1 - t0, time.perf_counter() - t1
 
     async def predict(self, data: bytes) -> Prediction:
-        """Bytes of a PNG, JPEG or DICOM -> Prediction. Raises DecodeError or Overloaded."""
+        """Bytes of a PNG, JPEG or DICOM -> Prediction. Raises a DecodeError or Overloaded."""
         self.metrics.requests.inc()
         try:
-            image, model_input, decode_s, resize_s = await self.run_cpu(self.prepare, data)
-        except DecodeError as exc:
+            image, model_input, decode_s, resize_s = await self._run_cpu(self.prepare, data)
+        except ChexrayError as exc:
             self.metrics.errors.labels(kind=exc.code).inc()
             raise
         self.metrics.preprocess.observe(decode_s + resize_s)
         result = await self.batcher.submit(model_input)
         out = result.outputs
         thresholds = self.manifest.thresholds.values
-        probs = out["probabilities"].astype(np.float32)
+        probs = out[contract.PROBABILITIES].astype(np.float32)
         return Prediction(
             probabilities=probs,
             calls=probs >= np.asarray(thresholds, np.float32),
             thresholds=tuple(thresholds),
             member_probabilities={
-                m.name: out["member_probabilities"][i] for i, m in enumerate(self.manifest.members)
+                m.name: out[contract.MEMBER_PROBABILITIES][i]
+                for i, m in enumerate(self.manifest.members)
             },
-            cam_probabilities=out["cam_probabilities"],
-            cam_maps=out["cam_maps"],
+            cam_probabilities=out[contract.CAM_PROBABILITIES],
+            cam_maps=out[contract.CAM_MAPS],
             model_version=self.manifest.version,
             trained=self.manifest.trained,
             image=image,
@@ -192,38 +195,6 @@ class Engine:
             ),
         )
 
-    def _render(self, pixels, cam_maps, probabilities, calls, finding: str | None) -> bytes:
-        t = time.perf_counter()
-        index = None if finding is None else FINDINGS.index(finding)
-        png = heatmap_png(
-            pixels, cam_maps, probabilities, calls, index, self.settings.heatmap_alpha
-        )
-        self.metrics.render.observe(time.perf_counter() - t)
-        return png
-
-    async def render_heatmap(
-        self,
-        pixels: np.ndarray,
-        cam_maps: np.ndarray,
-        probabilities: np.ndarray,
-        calls: np.ndarray,
-        finding: str | None = None,
-    ) -> bytes:
-        """PNG overlay at the image's own size: the findings called present combined, or
-        one finding's map. Raises ValueError for an unknown finding."""
-        if finding is not None and finding not in FINDINGS:
-            raise ValueError(f"unknown finding {finding!r}; one of {list(FINDINGS)}")
-        return await self.run_cpu(self._render, pixels, cam_maps, probabilities, calls, finding)
-
-    async def heatmap(self, prediction: Prediction, finding: str | None = None) -> bytes:
-        return await self.render_heatmap(
-            prediction.image.pixels,
-            prediction.cam_maps,
-            prediction.probabilities,
-            prediction.calls,
-            finding,
-        )
-
-    async def run_cpu(self, fn: Callable[..., T], *args: object) -> T:
-        """CPU-bound work (encoding, decoding) in the engine's pool, off the event loop."""
+    async def _run_cpu(self, fn: Callable[..., T], *args: object) -> T:
+        """Decoding and resizing in the engine's pool, off the event loop."""
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)

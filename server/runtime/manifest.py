@@ -12,16 +12,10 @@ from typing import Literal
 
 import msgspec
 
+from server.runtime.findings import FINDINGS
+
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
-
-FINDINGS: tuple[str, ...] = (
-    "Atelectasis",
-    "Cardiomegaly",
-    "Consolidation",
-    "Edema",
-    "Pleural Effusion",
-)
 
 
 class Preprocess(msgspec.Struct, frozen=True):

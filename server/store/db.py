@@ -1,22 +1,17 @@
 """The database: a SQLite file by default, any SQLAlchemy URL (PostgreSQL tested).
 
-Work runs in worker threads (`Database.run`) so the event loop never waits on I/O.
+Blocking: `server.store.store.Store` runs it in worker threads.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
-import anyio.to_thread
 from sqlalchemy import event, text
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel, create_engine
 
 from server.store import models  # noqa: F401  (registers the tables)
-
-T = TypeVar("T")
 
 
 def make_engine(url: str) -> Engine:
@@ -48,19 +43,6 @@ class Database:
 
     def session(self) -> Session:
         return Session(self.engine, expire_on_commit=False)
-
-    async def run(self, fn: Callable[..., T], *args: object) -> T:
-        """Run blocking store code in a worker thread."""
-        return await anyio.to_thread.run_sync(fn, *args)
-
-    async def call(self, fn: Callable[..., T], *args: object) -> T:
-        """Run a store function `fn(session, *args)` in a worker thread, in its own session."""
-
-        def work() -> T:
-            with self.session() as s:
-                return fn(s, *args)
-
-        return await self.run(work)
 
     def ping(self) -> bool:
         try:

@@ -1,0 +1,177 @@
+"""The legacy application's REST API under /api/chexray/, so its clients (and its Angular
+app) keep working.
+
+Same paths, request fields and response fields; `Authorization: Token <key>` accepted.
+Where the legacy application was unsafe CheXray differs (see README): errors carry 4xx
+statuses, only the owner sees a study, anonymous uploads belong to nobody.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import msgspec
+from litestar import Request, Response, get, post
+from litestar.params import FromPath, JSONBody
+
+from server.api.accounts import rate_limit
+from server.api.deps import AuthDep, LimiterDep, PrincipalDep, ServiceDep
+from server.api.errors import ApiError
+from server.api.studies import finding_of, png, user_id
+from server.api.uploads import read_upload
+from server.service import FINDINGS, AnalyseOptions, Result, heatmap_file
+
+
+class SignupIn(msgspec.Struct):
+    username: str
+    password: str
+    password2: str
+
+
+class SignupOut(msgspec.Struct):
+    response: str
+    username: str
+    token: str
+
+
+class LegacyLoginIn(msgspec.Struct):
+    username: str
+    password: str
+
+
+class LegacyLoginOut(msgspec.Struct):
+    userid: int
+    username: str
+    token: str
+
+
+class XrayIn(msgspec.Struct):
+    xray_id: str
+
+
+class LegacyXray(msgspec.Struct):
+    id: str
+    title: str
+    image: str
+    date_posted: dt.datetime
+    userperson: int | None
+    heatmap_image: str
+    newcomp_image: str
+    atelectasis: float
+    cardiomegaly: float
+    consolidation: float
+    edema: float
+    pleural_effusion: float
+
+
+class LegacyUser(msgspec.Struct):
+    userid: int
+    username: str
+    pastxrays: list[LegacyXray]
+
+
+def legacy_xray(request: Request, r: Result) -> LegacyXray:
+    """heatmap_image: the most probable finding's map; newcomp_image: the findings called
+    present, combined (the legacy application's composite)."""
+    assert r.id is not None
+    top = FINDINGS[max(range(len(FINDINGS)), key=lambda i: r.probabilities[i])]
+    calls = [1.0 if c else 0.0 for c in r.calls]
+
+    def media(file_name: str) -> str:
+        return request.app.route_reverse("legacy_media", study_id=r.id, file_name=file_name)
+
+    return LegacyXray(
+        id=r.id,
+        title=r.title,
+        image=media("image.png"),
+        date_posted=r.created_at,
+        userperson=r.owner_id,
+        heatmap_image=media(heatmap_file(top)),
+        newcomp_image=media(heatmap_file(None)),
+        atelectasis=calls[0],
+        cardiomegaly=calls[1],
+        consolidation=calls[2],
+        edema=calls[3],
+        pleural_effusion=calls[4],
+    )
+
+
+TAGS = ["legacy compatibility"]
+
+
+@post("/api/chexray/signup/", status_code=200, tags=TAGS)
+async def signup(
+    request: Request, data: JSONBody[SignupIn], service: ServiceDep, limiter: LimiterDep
+) -> SignupOut:
+    rate_limit(limiter, request, data.username)
+    user = await service.accounts.register(data.username, data.password, data.password2)
+    raw, _ = await service.accounts.issue_token(user, "bearer")
+    return SignupOut("Successfully registered a new user.", user.username, raw)
+
+
+@post("/api/chexray/login/", status_code=200, tags=TAGS)
+async def legacy_login(
+    request: Request, data: JSONBody[LegacyLoginIn], service: ServiceDep, limiter: LimiterDep
+) -> LegacyLoginOut:
+    rate_limit(limiter, request, data.username)
+    user, raw, _ = await service.accounts.sign_in(data.username, data.password, "bearer")
+    return LegacyLoginOut(user.id, user.username, raw)
+
+
+@get("/api/chexray/user/", tags=TAGS)
+async def legacy_user(request: Request, auth: AuthDep, service: ServiceDep) -> LegacyUser:
+    results, _ = await service.predictions.history(auth.user_id, 1, 10_000, None)
+    return LegacyUser(auth.user_id, auth.user.username, [legacy_xray(request, r) for r in results])
+
+
+@post("/api/chexray/xray/", status_code=200, tags=TAGS)
+async def legacy_xray_detail(
+    request: Request, data: JSONBody[XrayIn], auth: AuthDep, service: ServiceDep
+) -> LegacyXray:
+    """Only the owner's studies (the legacy application answered for any id)."""
+    return legacy_xray(request, await service.predictions.result(data.xray_id, auth.user_id))
+
+
+async def _upload(request: Request, service: ServiceDep, owner_id: int | None) -> LegacyXray:
+    data, title = await read_upload(request)
+    options = AnalyseOptions(title=title, owner_id=owner_id, store=True)
+    return legacy_xray(request, (await service.predictions.analyse(data, options)).result)
+
+
+@post("/api/chexray/upload/", status_code=200, tags=TAGS)
+async def legacy_upload(request: Request, auth: AuthDep, service: ServiceDep) -> LegacyXray:
+    return await _upload(request, service, auth.user_id)
+
+
+@post("/api/chexray/anonupload/", status_code=200, tags=TAGS)
+async def legacy_anonupload(request: Request, service: ServiceDep) -> LegacyXray:
+    """Stored without an owner (the legacy application filed these under user 1), reachable
+    by id."""
+    return await _upload(request, service, None)
+
+
+@get(
+    "/media/{study_id:str}/{file_name:str}",
+    tags=TAGS,
+    media_type="image/png",
+    include_in_schema=False,
+    name="legacy_media",
+)
+async def legacy_media(
+    study_id: FromPath[str],
+    file_name: FromPath[str],
+    principal: PrincipalDep,
+    service: ServiceDep,
+) -> Response[bytes]:
+    """The legacy /media/ URLs, with the same ownership check as the API."""
+    who = user_id(principal)
+    await service.predictions.study(study_id, who)  # 404 for a study the caller can't see
+    name = file_name
+    if name == "image.png":
+        return png(await service.predictions.image(study_id, who))
+    if name == "heatmap.png":
+        return png(await service.predictions.heatmap(study_id, who, None))
+    if name.startswith("heatmap-") and name.endswith(".png"):
+        finding = finding_of(name[8:-4])
+        return png(await service.predictions.heatmap(study_id, who, finding))
+    raise ApiError(404, "not_found", "no such file")

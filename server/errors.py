@@ -1,0 +1,55 @@
+"""Errors below the front ends: a stable `code`, a message for people, no protocol status.
+
+The class says what kind of failure it is (as KServe's and gRPC's error kinds do); each
+front end maps kinds to its own statuses in one table (`server/api/errors.py` for HTTP).
+"""
+
+from __future__ import annotations
+
+
+class ChexrayError(Exception):
+    """`code`: stable, for programs; `message`: what was wrong and what to do;
+    `detail`: structured extras (e.g. the field concerned); `retry_after`: seconds."""
+
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        detail: object | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
+        self.detail, self.retry_after = detail, retry_after
+
+
+class InvalidInput(ChexrayError):
+    """The request is malformed (e.g. an empty upload)."""
+
+
+class Unauthenticated(ChexrayError):
+    """No valid credentials."""
+
+
+class NotFound(ChexrayError):
+    """No such thing, or not the caller's to see (the two are never told apart)."""
+
+
+class Conflict(ChexrayError):
+    """The request clashes with what exists (e.g. a taken username)."""
+
+
+class TooLarge(ChexrayError):
+    """The input exceeds a configured limit."""
+
+
+class UnsupportedInput(ChexrayError):
+    """A format or encoding this server cannot read."""
+
+
+class UnprocessableInput(ChexrayError):
+    """Well-formed but unusable: a damaged image, a weak password."""
+
+
+class Unavailable(ChexrayError):
+    """The server cannot take the work now (loading, failed models, overloaded)."""

@@ -1,0 +1,66 @@
+"""The engine's life in one object: loading, ready, or failed with its error.
+
+Boot sets it, readiness reports it, and every caller that needs the engine asks it for one
+(`require`), which answers with a coded Unavailable while there is none to give.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Literal
+
+from server.errors import Unavailable
+from server.runtime.engine import Engine
+
+log = logging.getLogger("chexray.runtime")
+
+Status = Literal["loading", "ready", "failed", "stopped"]
+
+
+class EngineState:
+    def __init__(self) -> None:
+        self.engine: Engine | None = None
+        self.error: str | None = None
+        self._stopped = False
+
+    @property
+    def status(self) -> Status:
+        if self.error is not None:
+            return "failed"
+        if self._stopped:
+            return "stopped"
+        return "ready" if self.engine is not None and self.engine.ready else "loading"
+
+    async def boot(self, build: Callable[[], Engine]) -> None:
+        """Build the engine in a thread (loading sessions takes seconds), warm it up, and
+        record the outcome; never raises, so a failed load leaves a server that says why."""
+        try:
+            self.engine = await asyncio.to_thread(build)
+            await self.engine.start()
+            log.info("ready: model %s on %s", self.engine.manifest.version, self.engine.provider)
+        except Exception as exc:
+            self.error = str(exc)
+            log.error("the models failed to load: %s", exc)
+
+    async def stop(self) -> None:
+        self._stopped = True
+        if self.engine is not None:
+            await self.engine.stop()
+
+    def require(self) -> Engine:
+        """The engine, ready to predict; Unavailable (coded) while it is not."""
+        if self.error is not None:
+            raise Unavailable("models_unavailable", f"the models failed to load: {self.error}")
+        if self.engine is None or not self.engine.ready:
+            raise Unavailable(
+                "not_ready", "the models are still loading; retry shortly", retry_after=5
+            )
+        return self.engine
+
+    def checks(self) -> dict[str, bool]:
+        return {
+            "models_loaded": self.engine is not None,
+            "warmed_up": self.engine is not None and self.engine.ready,
+        }

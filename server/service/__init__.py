@@ -1,0 +1,88 @@
+"""The prediction service, below every protocol: front ends (REST today; the Open Inference
+Protocol and DICOMweb next) translate their requests into these calls and the answers back.
+
+    Service.predictions  analyse bytes -> Analysis; stored studies, images, heatmaps
+    Service.accounts     register, sign in, tokens -> Principal, profile, password
+    Service.engines      the engine's state: loading, ready, failed (for readiness)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from prometheus_client import CollectorRegistry
+
+from server.runtime.engine import Engine
+from server.runtime.findings import FINDINGS, finding_for, present, slug
+from server.runtime.manifest import Calibration, Manifest
+from server.runtime.state import EngineState
+from server.service.accounts import Accounts, Principal
+from server.service.predictions import AnalyseOptions, Analysis, Predictions, heatmap_file
+from server.service.results import ImageMeta, Result
+from server.settings import Settings
+from server.store.models import User
+from server.store.store import Store
+
+__all__ = [
+    "FINDINGS",
+    "AnalyseOptions",
+    "Analysis",
+    "Calibration",
+    "ImageMeta",
+    "Manifest",
+    "Principal",
+    "Result",
+    "Service",
+    "User",
+    "finding_for",
+    "heatmap_file",
+    "present",
+    "slug",
+]
+
+log = logging.getLogger("chexray")
+
+
+class Service:
+    def __init__(
+        self,
+        settings: Settings,
+        registry: CollectorRegistry | None = None,
+        manifest: Manifest | None = None,
+    ) -> None:
+        """`manifest`: the model repository's, when the caller has verified it already."""
+        self.settings = settings
+        self.registry = registry or CollectorRegistry()
+        self.store = Store(settings.db_url, settings.media_dir)
+        self.engines = EngineState()
+        self.predictions = Predictions(
+            self.engines, self.store, settings.heatmap_alpha, settings.decode_threads
+        )
+        self.accounts = Accounts(self.store, settings.token_lifetime_hours)
+        self._manifest = manifest
+        self._boot: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        """Open the store; load the models in the background (readiness tells when)."""
+        await self.store.open()
+        log.info("%s", self.store.description)
+        self._boot = asyncio.create_task(
+            self.engines.boot(lambda: Engine(self.settings, self.registry, self._manifest))
+        )
+
+    async def stop(self) -> None:
+        if self._boot is not None:
+            self._boot.cancel()
+        await self.engines.stop()
+        self.predictions.close()
+        self.store.close()
+
+    async def readiness(self) -> tuple[dict[str, bool], str | None]:
+        """Each check and whether it passed, and why the models failed, if they did."""
+        return {**self.engines.checks(), "database": await self.store.ping()}, self.engines.error
+
+    def serving(self) -> tuple[Manifest, str]:
+        """The manifest being served and the provider that runs it."""
+        engine = self.engines.require()
+        return engine.manifest, engine.provider

@@ -1,0 +1,137 @@
+"""What a prediction is, independent of protocol and of storage: one `Result` built from a
+fresh prediction or from a stored study, and the study row built from a Result only when
+it is stored."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+import numpy as np
+
+from server.runtime.engine import Prediction
+from server.runtime.findings import present
+from server.store.models import Study, utcnow
+
+UNTRAINED_WARNING = (
+    "the models are not trained (random weights): these probabilities are meaningless"
+)
+
+
+@dataclass(frozen=True)
+class ImageMeta:
+    format: str
+    width: int
+    height: int
+    bit_depth: int
+    notes: list[str]
+
+
+@dataclass(frozen=True)
+class Result:
+    """Per finding lists are in FINDINGS order; `id` is None unless the study is stored."""
+
+    id: str | None
+    owner_id: int | None
+    title: str
+    created_at: dt.datetime
+    model_version: str
+    trained: bool
+    probabilities: list[float]
+    thresholds: list[float]
+    calls: list[bool]
+    cam_probabilities: list[float]
+    member_probabilities: dict[str, list[float]]
+    cam_maps: list  # [finding][row][col], raw maps rounded to 1e-6
+    image: ImageMeta
+    timings: dict[str, float | int | None]  # decode/preprocess/queue/compute ms, batch_size
+
+    @property
+    def stored(self) -> bool:
+        return self.id is not None
+
+    @property
+    def present(self) -> list[str]:
+        return present(self.calls)
+
+    @property
+    def warnings(self) -> list[str]:
+        return [] if self.trained else [UNTRAINED_WARNING]
+
+
+def _floats(values: np.ndarray) -> list[float]:
+    return [float(x) for x in values]
+
+
+def result_from_prediction(
+    p: Prediction, study_id: str | None, owner_id: int | None, title: str
+) -> Result:
+    t = p.timings
+    return Result(
+        id=study_id,
+        owner_id=owner_id,
+        title=title,
+        created_at=utcnow(),
+        model_version=p.model_version,
+        trained=p.trained,
+        probabilities=_floats(p.probabilities),
+        thresholds=list(p.thresholds),
+        calls=[bool(c) for c in p.calls],
+        cam_probabilities=_floats(p.cam_probabilities),
+        member_probabilities={k: _floats(v) for k, v in p.member_probabilities.items()},
+        cam_maps=np.asarray(p.cam_maps, np.float32).round(6).tolist(),
+        image=ImageMeta(
+            p.image.format, p.image.width, p.image.height, p.image.bit_depth, list(p.image.notes)
+        ),
+        timings={
+            "decode_ms": t.decode_ms,
+            "preprocess_ms": t.preprocess_ms,
+            "queue_ms": t.queue_ms,
+            "compute_ms": t.compute_ms,
+            "batch_size": t.batch_size,
+        },
+    )
+
+
+def result_from_study(s: Study) -> Result:
+    return Result(
+        id=s.id,
+        owner_id=s.owner_id,
+        title=s.title,
+        created_at=s.created_at,
+        model_version=s.model_version,
+        trained=s.trained,
+        probabilities=s.probabilities,
+        thresholds=s.thresholds,
+        calls=s.calls,
+        cam_probabilities=s.cam_probabilities,
+        member_probabilities=s.member_probabilities,
+        cam_maps=s.cam_maps,
+        image=ImageMeta(s.image_format, s.width, s.height, s.bit_depth, s.notes),
+        timings=s.timings,
+    )
+
+
+def study_row(r: Result) -> Study:
+    assert r.id is not None
+    return Study(
+        id=r.id,
+        owner_id=r.owner_id,
+        title=r.title,
+        created_at=r.created_at,
+        model_version=r.model_version,
+        trained=r.trained,
+        probabilities=r.probabilities,
+        calls=r.calls,
+        thresholds=r.thresholds,
+        cam_probabilities=r.cam_probabilities,
+        member_probabilities=r.member_probabilities,
+        cam_maps=r.cam_maps,
+        present="|" + "".join(f"{f}|" for f in r.present),
+        image_format=r.image.format,
+        width=r.image.width,
+        height=r.image.height,
+        bit_depth=r.image.bit_depth,
+        notes=r.image.notes,
+        timings=r.timings,
+    )
