@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 from prometheus_client import generate_latest
 
+from server.api.errors import status_of
+from server.cam.renderer import Renderer
 from server.runtime.decode import DecodeError
 from server.runtime.engine import Engine
 from server.runtime.manifest import FINDINGS
@@ -32,19 +34,22 @@ def results(tiny_repo: Path):
                 warmup_batch_sizes=(1, 4),
             )
         )
+        renderer = Renderer(engine.settings.heatmap_alpha, 1)
         await engine.start()
         assert engine.ready
         try:
             p = await engine.predict(upload)
             d = await engine.predict(dicom(np.rint(anatomy() * 4095).astype(np.uint16)))
-            combined = await engine.heatmap(p)
-            single = await engine.heatmap(p, "Edema")
+            maps = (p.image.pixels, p.cam_maps, p.probabilities, p.calls)
+            combined = await renderer.heatmap(*maps)
+            single = await renderer.heatmap(*maps, "Edema")
             with pytest.raises(DecodeError) as bad:
                 await engine.predict(b"not an image at all")
             with pytest.raises(ValueError, match="unknown finding 'Fracture'"):
-                await engine.heatmap(p, "Fracture")
+                await renderer.heatmap(*maps, "Fracture")
         finally:
             await engine.stop()
+            renderer.close()
         assert not engine.ready
         return engine, p, d, combined, single, bad.value
 
@@ -83,7 +88,7 @@ def test_heatmaps_have_the_image_size(results) -> None:
 
 def test_bad_upload_is_a_typed_error_and_counted(results) -> None:
     engine, _, _, _, _, bad = results
-    assert (bad.code, bad.status) == ("unsupported_format", 415)
+    assert (bad.code, status_of(bad)) == ("unsupported_format", 415)
     text = generate_latest(engine.metrics.registry).decode()
     assert 'chexray_engine_errors_total{kind="unsupported_format",model="ensemble"} 1.0' in text
     assert 'chexray_engine_requests_total{model="ensemble"} 3.0' in text

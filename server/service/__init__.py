@@ -13,6 +13,7 @@ import logging
 
 from prometheus_client import CollectorRegistry
 
+from server.cam.renderer import Renderer
 from server.runtime.engine import Engine
 from server.runtime.findings import FINDINGS, finding_for, present, slug
 from server.runtime.manifest import Calibration, Manifest
@@ -56,9 +57,10 @@ class Service:
         self.registry = registry or CollectorRegistry()
         self.store = Store(settings.db_url, settings.media_dir)
         self.engines = EngineState()
-        self.predictions = Predictions(
-            self.engines, self.store, settings.heatmap_alpha, settings.decode_threads
+        self.renderer = Renderer(
+            settings.heatmap_alpha, settings.decode_threads, self._observe_render
         )
+        self.predictions = Predictions(self.engines, self.store, self.renderer)
         self.accounts = Accounts(self.store, settings.token_lifetime_hours)
         self._manifest = manifest
         self._boot: asyncio.Task | None = None
@@ -75,8 +77,12 @@ class Service:
         if self._boot is not None:
             self._boot.cancel()
         await self.engines.stop()
-        self.predictions.close()
+        self.renderer.close()
         self.store.close()
+
+    def _observe_render(self, seconds: float) -> None:
+        if self.engines.engine is not None:
+            self.engines.engine.metrics.render.observe(seconds)
 
     async def readiness(self) -> tuple[dict[str, bool], str | None]:
         """Each check and whether it passed, and why the models failed, if they did."""

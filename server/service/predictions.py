@@ -8,27 +8,19 @@ per finding from the stored image and CAM maps, then kept).
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TypeVar
 
-import cv2
 import numpy as np
 
-from server.cam.render import encode_png, heatmap_png
+from server.cam.renderer import Renderer
 from server.errors import NotFound
-from server.runtime.engine import Prediction
-from server.runtime.findings import FINDINGS, slug
+from server.runtime.findings import slug
 from server.runtime.state import EngineState
 from server.service.results import Result, result_from_prediction, result_from_study, study_row
 from server.store.models import Study
 from server.store.store import Store
 from server.store.studies import new_study_id
-
-T = TypeVar("T")
 
 IMAGE = "image.png"
 HEATMAP = "heatmap.png"
@@ -61,37 +53,10 @@ def not_found(what: str = "study") -> NotFound:
 
 
 class Predictions:
-    def __init__(self, engines: EngineState, store: Store, heatmap_alpha: float, threads: int):
+    def __init__(self, engines: EngineState, store: Store, renderer: Renderer) -> None:
         self.engines = engines
         self.store = store
-        self.alpha = heatmap_alpha
-        # Drawing and PNG encoding (OpenCV releases the GIL), off the event loop and apart
-        # from the engine's decode pool.
-        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="chexray-render")
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=True)
-
-    async def _cpu(self, fn: Callable[..., T], *args: object) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
-
-    def _heatmap(self, pixels, cam_maps, probabilities, calls, finding: str | None) -> bytes:
-        t = time.perf_counter()
-        index = None if finding is None else FINDINGS.index(finding)
-        png = heatmap_png(pixels, cam_maps, probabilities, calls, index, self.alpha)
-        engine = self.engines.engine
-        if engine is not None:
-            engine.metrics.render.observe(time.perf_counter() - t)
-        return png
-
-    async def draw_heatmap(self, p: Prediction, finding: str | None = None) -> bytes:
-        """The overlay PNG of a fresh prediction: the findings called present combined, or
-        one finding's map. ValueError for an unknown finding."""
-        if finding is not None and finding not in FINDINGS:
-            raise ValueError(f"unknown finding {finding!r}; one of {list(FINDINGS)}")
-        return await self._cpu(
-            self._heatmap, p.image.pixels, p.cam_maps, p.probabilities, p.calls, finding
-        )
+        self.renderer = renderer
 
     async def analyse(self, data: bytes, options: AnalyseOptions) -> Analysis:
         """Predict; when stored, keep the decoded image as PNG (never the DICOM, so no patient
@@ -102,10 +67,11 @@ class Predictions:
         heat = image = heatmap_ms = None
         if keep or options.heatmap:
             t = time.perf_counter()
-            heat = await self.draw_heatmap(prediction)
+            p = prediction
+            heat = await self.renderer.heatmap(p.image.pixels, p.cam_maps, p.probabilities, p.calls)
             heatmap_ms = (time.perf_counter() - t) * 1e3
         if keep or options.image:
-            image = await self._cpu(encode_png, prediction.image.pixels)
+            image = await self.renderer.encode_png(prediction.image.pixels)
         study_id = new_study_id() if keep else None
         result = result_from_prediction(prediction, study_id, options.owner_id, options.title)
         if keep:
@@ -163,12 +129,8 @@ class Predictions:
         raw = await self.store.read_file(study.id, IMAGE)
         if raw is None:
             raise not_found("image")
-        pixels = await self._cpu(
-            lambda b: cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_GRAYSCALE), raw
-        )
-        png = await self._cpu(
-            self._heatmap,
-            pixels,
+        png = await self.renderer.heatmap(
+            await self.renderer.decode_grey(raw),
             np.asarray(study.cam_maps, np.float32),
             np.asarray(study.probabilities),
             np.asarray(study.calls),
