@@ -1,4 +1,4 @@
-"""Who is calling: a bearer token (Authorization: Bearer, or the seed's Token scheme), or
+"""Who is calling: a bearer token (Authorization: Bearer, or the legacy Token scheme), or
 the web app's HttpOnly session cookie, which must come with a matching CSRF header on
 unsafe methods. Dependencies `principal` (optional) and `auth` (required)."""
 

@@ -24,7 +24,7 @@ def normalise(cam: np.ndarray) -> np.ndarray:
 def combined_map(
     cam_maps: np.ndarray, probabilities: np.ndarray, calls: np.ndarray
 ) -> tuple[np.ndarray, list[int]]:
-    """One map for the findings called present (the seed's `newcomp_image`): the
+    """One map for the findings called present (the legacy application's `newcomp_image`): the
     pixel-wise maximum of their normalised maps, each weighted by its probability relative
     to the strongest. With nothing present, the most probable finding's map.
     Returns the map and the indices of the findings it shows."""

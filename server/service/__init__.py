@@ -47,14 +47,11 @@ log = logging.getLogger("chexray")
 
 class Service:
     def __init__(
-        self,
-        settings: Settings,
-        registry: CollectorRegistry | None = None,
-        manifest: Manifest | None = None,
+        self, settings: Settings, registry: CollectorRegistry, manifest: Manifest | None = None
     ) -> None:
         """`manifest`: the model repository's, when the caller has verified it already."""
         self.settings = settings
-        self.registry = registry or CollectorRegistry()
+        self.registry = registry
         self.store = Store(settings.db_url, settings.media_dir)
         self.engines = EngineState()
         self.renderer = Renderer(

@@ -93,45 +93,37 @@ def result_from_prediction(
     )
 
 
+# Fields a Result and a study row share under one name.
+_SAME = (
+    "id",
+    "owner_id",
+    "title",
+    "created_at",
+    "model_version",
+    "trained",
+    "probabilities",
+    "thresholds",
+    "calls",
+    "cam_probabilities",
+    "member_probabilities",
+    "cam_maps",
+    "timings",
+)
+
+
 def result_from_study(s: Study) -> Result:
-    return Result(
-        id=s.id,
-        owner_id=s.owner_id,
-        title=s.title,
-        created_at=s.created_at,
-        model_version=s.model_version,
-        trained=s.trained,
-        probabilities=s.probabilities,
-        thresholds=s.thresholds,
-        calls=s.calls,
-        cam_probabilities=s.cam_probabilities,
-        member_probabilities=s.member_probabilities,
-        cam_maps=s.cam_maps,
-        image=ImageMeta(s.image_format, s.width, s.height, s.bit_depth, s.notes),
-        timings=s.timings,
-    )
+    image = ImageMeta(s.image_format, s.width, s.height, s.bit_depth, s.notes)
+    return Result(image=image, **{name: getattr(s, name) for name in _SAME})
 
 
 def study_row(r: Result) -> Study:
     assert r.id is not None
     return Study(
-        id=r.id,
-        owner_id=r.owner_id,
-        title=r.title,
-        created_at=r.created_at,
-        model_version=r.model_version,
-        trained=r.trained,
-        probabilities=r.probabilities,
-        calls=r.calls,
-        thresholds=r.thresholds,
-        cam_probabilities=r.cam_probabilities,
-        member_probabilities=r.member_probabilities,
-        cam_maps=r.cam_maps,
         present="|" + "".join(f"{f}|" for f in r.present),
         image_format=r.image.format,
         width=r.image.width,
         height=r.image.height,
         bit_depth=r.image.bit_depth,
         notes=r.image.notes,
-        timings=r.timings,
+        **{name: getattr(r, name) for name in _SAME},
     )
