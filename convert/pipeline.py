@@ -19,16 +19,7 @@ import onnx
 
 from convert.cam_job import CamJob, CamResult
 from convert.errors import ConversionError
-from convert.fuse import (
-    FP16_TOLERANCE,
-    INPUT,
-    OUTPUTS,
-    Part,
-    fp16_parity,
-    fuse,
-    fused_parity,
-    to_fp16,
-)
+from convert.fuse import Part, fp16_parity, fuse, fused_parity, to_fp16
 from convert.jobs import run_job
 from convert.keras_job import EXPORT_REVISION, OPSET, KerasItem, KerasJob, KerasResult
 from convert.presets import (
@@ -41,6 +32,7 @@ from convert.presets import (
 )
 from convert.sources import Source, find_sources
 from server.files import write_atomic
+from server.runtime.contract import FP16_TOLERANCE, input_spec, output_specs
 from server.runtime.manifest import (
     FINDINGS,
     MANIFEST_NAME,
@@ -48,7 +40,6 @@ from server.runtime.manifest import (
     CamNetwork,
     Manifest,
     Member,
-    TensorSpec,
     Thresholds,
     graph_file,
     model_version,
@@ -342,21 +333,14 @@ def convert_repository(
     if old is not None and old.version == version:
         log(f"Repository is up to date (version {version}).")
         return old
-    h, w = preset.input_size
-    (fh, fw) = cam.feature_map[1:]
     manifest = Manifest(
         schema_version=SCHEMA_VERSION,
         preset=preset.name,
         version=version,
         created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         findings=list(FINDINGS),
-        input=TensorSpec(INPUT, "uint8", ["batch", h, w]),
-        outputs=[
-            TensorSpec(OUTPUTS[0], "float32", ["batch", len(FINDINGS)]),
-            TensorSpec(OUTPUTS[1], "float32", ["batch", len(members), len(FINDINGS)]),
-            TensorSpec(OUTPUTS[2], "float32", ["batch", len(FINDINGS)]),
-            TensorSpec(OUTPUTS[3], "float32", ["batch", len(FINDINGS), fh, fw]),
-        ],
+        input=input_spec(*preset.input_size),
+        outputs=output_specs(len(members), cam.feature_map[1:]),
         members=members,
         weights=matrix,
         weights_normalised=normalised,

@@ -33,6 +33,14 @@ from evaluation.report import (
 from evaluation.scoring import Scores
 from evaluation.weights import FindingFit, fit_finding
 from server.files import write_atomic
+from server.runtime.contract import (
+    FP16_TOLERANCE,
+    FUSED_TOLERANCE,
+    INPUT,
+    MEMBER_PROBABILITIES,
+    PROBABILITIES,
+    WEIGHTS_INITIALIZER,
+)
 from server.runtime.manifest import (
     FINDINGS,
     Calibration,
@@ -49,9 +57,6 @@ from server.runtime.manifest import (
 )
 from server.runtime.repository import install_manifest
 
-WEIGHTS_INITIALIZER = "ensemble_weights"
-FP32_TOLERANCE = 1e-5
-FP16_TOLERANCE = 1e-2
 METHOD = (
     "weights: per finding, exhaustive search of non-negative weights on a simplex grid "
     "(step {step}) maximising the AUC of the weighted average (within 0.001 of the best, "
@@ -155,7 +160,7 @@ def _reweighted(src: Path, dest: Path, weights: np.ndarray) -> None:
 
 
 def _run(path: Path, output: str, images: np.ndarray) -> np.ndarray:
-    return cpu_session(path).run([output], {"image": images})[0].astype(np.float64)
+    return cpu_session(path).run([output], {INPUT: images})[0].astype(np.float64)
 
 
 def apply(plan: Plan, directory: Path) -> Manifest:
@@ -167,19 +172,19 @@ def apply(plan: Plan, directory: Path) -> Manifest:
     tag = hashlib.sha256(old.fused.sha256.encode() + w.tobytes()).hexdigest()[:12]
     h, wd = (int(d) for d in old.input.shape[1:])
     images = random_images(4, h, wd, seed=99)
-    members = _run(directory / old.fused.file, "member_probabilities", images)
+    members = _run(directory / old.fused.file, MEMBER_PROBABILITIES, images)
     expected = np.einsum("nmf,mf->nf", members, w)
 
     graphs: dict[str, GraphFile] = {}
     for src, suffix, tolerance in (
-        (old.fused, ".onnx", FP32_TOLERANCE),
+        (old.fused, ".onnx", FUSED_TOLERANCE),
         (old.fused_fp16, ".fp16.onnx", FP16_TOLERANCE),
     ):
         if src is None:
             continue
         rel = f"ensemble-{tag}{suffix}"
         _reweighted(directory / src.file, directory / rel, w)
-        diff = float(np.abs(_run(directory / rel, "probabilities", images) - expected).max())
+        diff = float(np.abs(_run(directory / rel, PROBABILITIES, images) - expected).max())
         if not diff <= tolerance:
             raise RepositoryError(f"{rel}: re-weighted graph is off by {diff:.2e}")
         against = "previous graph's members x new weights"
