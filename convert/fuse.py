@@ -7,7 +7,8 @@
       -> per-finding weighted average (weights normalised)     probabilities [N, 5]
       -> CAM network: its own probabilities and CAM maps       cam_probabilities [N, 5]
                                                                cam_maps [N, 5, h, w]
-Only onnx and onnxruntime are used here: no framework is needed to fuse or re-weight.
+Only onnx and onnxruntime are used here: no framework is needed to fuse or re-weight, so
+`evaluation` may import this module.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from convert.errors import ConversionError
 from convert.reference import preprocess, random_images
+from server.files import write_atomic
 from server.runtime.contract import (
     CAM_MAPS,
     CAM_PROBABILITIES,
@@ -182,6 +184,33 @@ def fuse(
 def _value_info(spec: TensorSpec) -> onnx.ValueInfoProto:
     dtype = helper.np_dtype_to_tensor_dtype(np.dtype(spec.dtype))
     return helper.make_tensor_value_info(spec.name, dtype, spec.shape)
+
+
+def reweight(src: Path, dest: Path, weights: np.ndarray) -> None:
+    """Write a copy of the fused graph at `src` to `dest` with its weights initializer
+    replaced by `weights` [members, findings] (normalised per finding, as `fuse` takes them),
+    cast to the initializer's own dtype. ConversionError when `src` is not a fused graph of
+    that many members."""
+    try:
+        model = onnx.load(str(src))
+    except Exception as exc:
+        raise ConversionError(f"{src}: not a readable ONNX model ({exc})") from None
+    expected = [1, *np.shape(weights)]
+    for init in model.graph.initializer:
+        if init.name == WEIGHTS_INITIALIZER:
+            old = numpy_helper.to_array(init)
+            if list(old.shape) != expected:
+                raise ConversionError(
+                    f"{src}: {WEIGHTS_INITIALIZER} is {list(old.shape)}, expected {expected}"
+                )
+            new = np.asarray(weights)[None].astype(old.dtype)
+            init.CopyFrom(numpy_helper.from_array(new, init.name))
+            break
+    else:
+        raise ConversionError(
+            f"{src}: no {WEIGHTS_INITIALIZER!r} initializer; rebuild with `chexray convert`"
+        )
+    write_atomic(Path(dest), model.SerializeToString())
 
 
 def _cam_map_size(g: onnx.GraphProto) -> tuple[int | str, int | str]:

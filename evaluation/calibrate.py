@@ -2,9 +2,10 @@
 manifest version that the server serves after a restart.
 
 The weights live in the fused graph as one initializer, `ensemble_weights` [1, M, 5]; a new
-version copies the graph (fp32 and fp16) with that initializer replaced, checks the copy
-against its own member outputs, and installs a manifest naming the copies. The previous
-manifest and its files stay (`chexray models use VERSION` serves them again).
+version copies the graph (fp32 and fp16) with that initializer replaced
+(`convert.fuse.reweight`), checks the copy against its own member outputs, and installs a
+manifest naming the copies. The previous manifest and its files stay (`chexray models use
+VERSION` serves them again).
 """
 
 from __future__ import annotations
@@ -16,10 +17,9 @@ from pathlib import Path
 
 import msgspec
 import numpy as np
-import onnx
-from onnx import numpy_helper
 
-from convert.fuse import cpu_session
+from convert.errors import ConversionError
+from convert.fuse import cpu_session, reweight
 from convert.reference import random_images
 from evaluation.labels import LabelledSet, counted, has_both_classes
 from evaluation.metrics import youden_threshold
@@ -32,14 +32,12 @@ from evaluation.report import (
 )
 from evaluation.scoring import Scores
 from evaluation.weights import FindingFit, fit_finding
-from server.files import write_atomic
 from server.runtime.contract import (
     FP16_TOLERANCE,
     FUSED_TOLERANCE,
     INPUT,
     MEMBER_PROBABILITIES,
     PROBABILITIES,
-    WEIGHTS_INITIALIZER,
 )
 from server.runtime.manifest import (
     FINDINGS,
@@ -140,25 +138,6 @@ def plan(
     )
 
 
-def _reweighted(src: Path, dest: Path, weights: np.ndarray) -> None:
-    model = onnx.load(str(src))
-    for init in model.graph.initializer:
-        if init.name == WEIGHTS_INITIALIZER:
-            old = numpy_helper.to_array(init)
-            if old.shape != (1, *weights.shape):
-                raise RepositoryError(
-                    f"{src}: {WEIGHTS_INITIALIZER} is {list(old.shape)}, expected "
-                    f"{[1, *weights.shape]}"
-                )
-            init.CopyFrom(numpy_helper.from_array(weights[None].astype(old.dtype), init.name))
-            break
-    else:
-        raise RepositoryError(
-            f"{src}: no {WEIGHTS_INITIALIZER!r} initializer; rebuild with `chexray convert`"
-        )
-    write_atomic(dest, model.SerializeToString())
-
-
 def _run(path: Path, output: str, images: np.ndarray) -> np.ndarray:
     return cpu_session(path).run([output], {INPUT: images})[0].astype(np.float64)
 
@@ -183,7 +162,10 @@ def apply(plan: Plan, directory: Path) -> Manifest:
         if src is None:
             continue
         rel = f"ensemble-{tag}{suffix}"
-        _reweighted(directory / src.file, directory / rel, w)
+        try:
+            reweight(directory / src.file, directory / rel, w)
+        except ConversionError as exc:
+            raise RepositoryError(str(exc)) from None
         diff = float(np.abs(_run(directory / rel, PROBABILITIES, images) - expected).max())
         if not diff <= tolerance:
             raise RepositoryError(f"{rel}: re-weighted graph is off by {diff:.2e}")
