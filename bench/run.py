@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.engine import cpu_model  # noqa: E402
 from bench.images import write_images  # noqa: E402
+from server.settings import Settings  # noqa: E402
 
 PY = sys.executable
 
@@ -348,7 +349,10 @@ def plot(report: dict, path: Path) -> None:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument(
-        "--repo", type=Path, default=Path(os.environ.get("CHEXRAY_MODEL_DIR", ROOT / "models_onnx"))
+        "--repo",
+        type=Path,
+        default=ROOT / Settings.from_env().model_dir,
+        help="model repository (default: the model_dir setting, relative to the project root)",
     )
     p.add_argument("--users", default="1,2,4,8,16,32")
     p.add_argument("--baseline-users", default="1,16")
