@@ -7,6 +7,7 @@ Settings (or the part of it that it needs) as an argument.
 from __future__ import annotations
 
 import os
+import typing
 from pathlib import Path
 from typing import Literal
 
@@ -120,14 +121,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         """Read CHEXRAY_<FIELD> variables; lists are comma-separated ("1,8")."""
         env = os.environ if environ is None else environ
         raw: dict[str, object] = {}
+        lists = {f.name for f in msgspec.structs.fields(cls) if typing.get_origin(f.type) is tuple}
         for name in cls.__struct_fields__:
             value = env.get(PREFIX + name.upper())
             if value is None:
                 continue
             raw[name] = (
-                [v.strip() for v in value.split(",") if v.strip()]
-                if name.endswith("sizes")
-                else value
+                [v.strip() for v in value.split(",") if v.strip()] if name in lists else value
             )
         raw.update(overrides)
         try:
