@@ -48,7 +48,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--weights-matrix",
         type=Path,
         metavar="FILE",
-        help='JSON {"member": [5 weights], ...}; default: the seed\'s matrix',
+        help='JSON {"member": [5 weights], ...}; default: the legacy application\'s matrix',
     )
     p.add_argument(
         "--member-size",

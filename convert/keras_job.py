@@ -51,7 +51,8 @@ def _log(message: str) -> None:
 
 
 def build_architecture(keras: Any, spec: MemberSpec, channels: int = 3) -> Any:
-    """The seed's layout: a backbone without its top, global average pooling, Dense(5)."""
+    """The legacy application's layout: a backbone without its top, global average pooling,
+    Dense(5)."""
     h, w = spec.input_size
     if spec.architecture == "tiny-cnn":
         inputs = keras.Input((h, w, channels), name="image")

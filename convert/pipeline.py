@@ -27,7 +27,7 @@ from convert.keras_job import EXPORT_REVISION, OPSET, KerasItem, KerasJob, Keras
 from convert.presets import (
     DEFAULT_THRESHOLDS,
     DEFAULT_THRESHOLDS_SOURCE,
-    SEED_WEIGHTS,
+    LEGACY_WEIGHTS,
     MemberSpec,
     Preset,
     get_preset,
@@ -98,8 +98,9 @@ def _fresh(out: Path, rel: str, old_sha: str | None) -> bool:
 
 
 def _weights_matrix(names: list[str], path: Path | None) -> list[list[float]]:
-    """Members x findings; from a JSON file {"member": [5 weights], ...} or the seed's."""
-    table = SEED_WEIGHTS
+    """Members x findings; from a JSON file {"member": [5 weights], ...} or the legacy
+    application's."""
+    table = LEGACY_WEIGHTS
     if path is not None:
         try:
             table = msgspec.json.decode(Path(path).read_bytes(), type=dict[str, list[float]])
@@ -109,12 +110,12 @@ def _weights_matrix(names: list[str], path: Path | None) -> list[list[float]]:
             ) from None
     missing = [n for n in names if n not in table]
     if missing:
-        raise ConversionError(f"weights matrix {path or '(seed)'} has no row for {missing}")
+        raise ConversionError(f"weights matrix {path or '(legacy)'} has no row for {missing}")
     matrix = [table[n] for n in names]
     try:
         normalise_weights(matrix)
     except ValueError as exc:
-        raise ConversionError(f"weights matrix {path or '(seed)'}: {exc}") from None
+        raise ConversionError(f"weights matrix {path or '(legacy)'}: {exc}") from None
     return matrix
 
 

@@ -59,7 +59,7 @@ METHOD = (
     "weights: per finding, exhaustive search of non-negative weights on a simplex grid "
     "(step {step}) maximising the AUC of the weighted average (within 0.001 of the best, "
     "the lowest log-loss); stratified {folds}-fold "
-    "cross-validation compares the fit on held-out folds with the served, seed and equal "
+    "cross-validation compares the fit on held-out folds with the served, legacy and equal "
     "weights, and the best held-out weighting is served. thresholds: Youden's J "
     "(sensitivity + specificity - 1) on all labelled images under the served weights, "
     "halfway between the two scores around the optimum"
@@ -84,7 +84,7 @@ def plan(
     scores: Scores,
     labelled: LabelledSet,
     manifest: Manifest,
-    seed_weights: dict[str, list[float]] | None,
+    legacy_weights: dict[str, list[float]] | None,
     folds: int = 5,
     grid_step: float = 0.05,
     seed: int = 0,
@@ -93,8 +93,8 @@ def plan(
     previous = np.asarray(manifest.weights_normalised, np.float64)
     candidates = {"previous": previous}
     names = [mm.name for mm in manifest.members]
-    if seed_weights is not None and all(n in seed_weights for n in names):
-        candidates["seed"] = np.asarray(normalise_weights([seed_weights[n] for n in names]))
+    if legacy_weights is not None and all(n in legacy_weights for n in names):
+        candidates["legacy"] = np.asarray(normalise_weights([legacy_weights[n] for n in names]))
     candidates["equal"] = np.full((m, len(FINDINGS)), 1.0 / m)
 
     y, p = scores.labels, scores.member_probabilities
@@ -208,7 +208,7 @@ def _finding_calibration(finding: str, fit: FindingFit) -> FindingCalibration:
         negatives=fit.negatives,
         fitted=_fold(fit, "fitted"),
         previous=_fold(fit, "previous"),
-        seed=_fold(fit, "seed"),
+        legacy=_fold(fit, "legacy"),
         equal=_fold(fit, "equal"),
         weights_from=fit.weights_from,
     )
@@ -277,13 +277,13 @@ def calibration_markdown(r: CalibrationReport) -> str:
         "",
         "## Held-out AUC per weighting (mean ± sd over the folds)",
         "",
-        "| finding | pos/neg | served before | seed | equal | fitted | gain vs before | serves |",
+        "| finding | pos/neg | served before | legacy | equal | fitted | gain vs before | serves |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for f in r.findings:
         gain = f.fitted.mean - f.previous.mean
         lines.append(
-            f"| {f.finding} | {f.positives}/{f.negatives} | {_auc(f.previous)} | {_auc(f.seed)} "
+            f"| {f.finding} | {f.positives}/{f.negatives} | {_auc(f.previous)} | {_auc(f.legacy)} "
             f"| {_auc(f.equal)} | {_auc(f.fitted)} "
             f"| {'n/a' if not np.isfinite(gain) else f'{gain:+.3f}'} | {f.weights_from} |"
         )

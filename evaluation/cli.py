@@ -180,7 +180,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def run_calibrate(args: argparse.Namespace) -> int:
-    from convert.presets import SEED_WEIGHTS
+    from convert.presets import LEGACY_WEIGHTS
     from evaluation.calibrate import (
         apply,
         calibration_markdown,
@@ -195,7 +195,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
         scores, manifest = _scores(args, settings, labelled)
         if not scores.paths:
             raise ValueError(f"none of the {len(labelled.paths)} images could be read")
-        p = plan(scores, labelled, manifest, SEED_WEIGHTS, args.folds, args.grid_step, args.seed)
+        p = plan(scores, labelled, manifest, LEGACY_WEIGHTS, args.folds, args.grid_step, args.seed)
     except (LabelError, RepositoryError, SettingsError, ValueError) as exc:
         print(f"chexray calibrate: {exc}")
         return 2
