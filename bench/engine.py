@@ -18,6 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from convert.reference import random_images
+from server.runtime.contract import INPUT
 from server.runtime.manifest import load_manifest
 from server.runtime.session import open_session
 from server.settings import Settings
@@ -34,12 +35,12 @@ def cpu_model() -> str:
 
 
 def measure(session, images, min_seconds: float, min_runs: int) -> list[float]:
-    session.run(None, {"image": images})  # warm-up: allocations, kernel choice
+    session.run(None, {INPUT: images})  # warm-up: allocations, kernel choice
     times: list[float] = []
     start = time.perf_counter()
     while len(times) < min_runs or time.perf_counter() - start < min_seconds:
         t = time.perf_counter()
-        session.run(None, {"image": images})
+        session.run(None, {INPUT: images})
         times.append(time.perf_counter() - t)
     return times
 

@@ -6,7 +6,8 @@
 2. the server under Locust: a real `chexray serve` process, default preset, 1024x1024
    PNGs, a sweep of concurrent users; throughput, p50/p95/p99, failures, mean batch size
    (from /metrics), peak RSS;
-3. the seed's architecture (bench/seed_baseline.py) under the same load at 1 and 16 users;
+3. the legacy application's architecture (bench/legacy_baseline.py) under the same load at 1
+   and 16 users;
 4. bench/results/<machine>-<date>.{json,md,png}, and the three ratios printed last.
 """
 
@@ -34,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.engine import cpu_model  # noqa: E402
 from bench.images import write_images  # noqa: E402
+from server.settings import Settings  # noqa: E402
 
 PY = sys.executable
 
@@ -198,7 +200,7 @@ def run_server(
 def run_baseline(images: Path, workdir: Path, users: list[int], seconds: int) -> dict:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen([PY, str(ROOT / "bench" / "seed_baseline.py"), "--port", str(port)])
+    proc = subprocess.Popen([PY, str(ROOT / "bench" / "legacy_baseline.py"), "--port", str(port)])
     try:
         wait_ready(base + "/health/ready", proc)
         levels = []
@@ -206,7 +208,7 @@ def run_baseline(images: Path, workdir: Path, users: list[int], seconds: int) ->
             result = locust(base, n, seconds, images, workdir, "")
             levels.append(result)
             print(
-                f"  seed    {n:>3} users: {result['images_per_s']:.2f} images/s, "
+                f"  legacy  {n:>3} users: {result['images_per_s']:.2f} images/s, "
                 f"p50 {result['p50_ms']:.0f} ms, failures {result['failures']}",
                 flush=True,
             )
@@ -244,7 +246,7 @@ def ratios(report: dict) -> dict:
         base16 = next((r for r in report["baseline"]["levels"] if r["users"] == 16), None)
         srv16 = next((r for r in server if r["users"] == 16), None)
         if base16 and srv16 and base16["images_per_s"] > 0:
-            out["server_over_seed_at_16_users"] = srv16["images_per_s"] / base16["images_per_s"]
+            out["server_over_legacy_at_16_users"] = srv16["images_per_s"] / base16["images_per_s"]
     return out
 
 
@@ -285,7 +287,8 @@ def markdown(report: dict) -> str:
     if report.get("baseline"):
         lines += [
             "",
-            "## The seed's architecture (five Keras `predict` + PyTorch CAM, no batching)",
+            "## The legacy application's architecture (five Keras `predict` + PyTorch CAM, "
+            "no batching)",
             "",
             "| users | images/s | p50 ms | p95 ms | p99 ms | failures |",
             "|---|---|---|---|---|---|",
@@ -295,7 +298,7 @@ def markdown(report: dict) -> str:
                 for x in report["baseline"]["levels"]
             ],
             "",
-            f"Seed baseline peak RSS: {report['baseline']['rss_peak_mb']:.0f} MB.",
+            f"Legacy baseline peak RSS: {report['baseline']['rss_peak_mb']:.0f} MB.",
         ]
     lines += [
         "",
@@ -308,10 +311,10 @@ def markdown(report: dict) -> str:
         f"| server p50 at 1 user / single-image engine latency | "
         f"{r['p50_at_1_user_over_engine_latency']:.2f} | <= 1.1 |",
     ]
-    if "server_over_seed_at_16_users" in r:
+    if "server_over_legacy_at_16_users" in r:
         lines.append(
-            f"| server / seed throughput at 16 users | "
-            f"{r['server_over_seed_at_16_users']:.2f} | >= 3 |"
+            f"| server / legacy throughput at 16 users | "
+            f"{r['server_over_legacy_at_16_users']:.2f} | >= 3 |"
         )
     return "\n".join(lines) + "\n"
 
@@ -325,7 +328,7 @@ def plot(report: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     series = [("CheXray server (p99)", "o-", report["server"]["levels"])]
     if report.get("baseline"):
-        series.append(("seed architecture (p99)", "s--", report["baseline"]["levels"]))
+        series.append(("legacy architecture (p99)", "s--", report["baseline"]["levels"]))
     for label, style, levels in series:
         xs = [x["images_per_s"] for x in levels]
         ys = [x["p99_ms"] / 1e3 for x in levels]
@@ -348,7 +351,10 @@ def plot(report: dict, path: Path) -> None:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument(
-        "--repo", type=Path, default=Path(os.environ.get("CHEXRAY_MODEL_DIR", ROOT / "models_onnx"))
+        "--repo",
+        type=Path,
+        default=ROOT / Settings.from_env().model_dir,
+        help="model repository (default: the model_dir setting, relative to the project root)",
     )
     p.add_argument("--users", default="1,2,4,8,16,32")
     p.add_argument("--baseline-users", default="1,16")
@@ -393,7 +399,7 @@ def main() -> int:
     )
     baseline = None
     if not args.no_baseline:
-        print("3/3 seed architecture", flush=True)
+        print("3/3 legacy architecture", flush=True)
         baseline = run_baseline(
             images, workdir, [int(u) for u in args.baseline_users.split(",")], args.seconds
         )
@@ -425,10 +431,10 @@ def main() -> int:
         f"p50 at 1 user / single-image engine latency:     "
         f"{r['p50_at_1_user_over_engine_latency']:.2f}  (target <= 1.1)"
     )
-    if "server_over_seed_at_16_users" in r:
+    if "server_over_legacy_at_16_users" in r:
         print(
-            f"server / seed throughput at 16 users:            "
-            f"{r['server_over_seed_at_16_users']:.2f}  (target >= 3)"
+            f"server / legacy throughput at 16 users:          "
+            f"{r['server_over_legacy_at_16_users']:.2f}  (target >= 3)"
         )
     return 0
 

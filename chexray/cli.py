@@ -1,23 +1,24 @@
 """The `chexray` command: dispatches to the converter (offline) and the server.
 
 Neither side is imported until its subcommand runs, so `chexray models check` works on a
-server install without tensorflow or torch.
+server install without tensorflow or torch. The model repository's folder, unless given
+on the command line, is the server's `model_dir` setting (server/settings.py).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
+from server.settings import Settings, SettingsError
 
-def default_model_dir() -> Path:
-    return Path(os.environ.get("CHEXRAY_MODEL_DIR", "models_onnx"))
+Handler = Callable[[argparse.Namespace], int]
 
 
 def settings_help() -> str:
-    from server.settings import PREFIX, Settings
+    from server.settings import PREFIX
 
     lines = ["settings (environment variables; CHEXRAY_CONFIG may name a TOML file of them):"]
     defaults = Settings()
@@ -30,32 +31,7 @@ def settings_help() -> str:
     return "\n".join(lines)
 
 
-def _versions(args: argparse.Namespace) -> int:
-    from server.runtime.manifest import RepositoryError
-    from server.runtime.repository import archived_versions, current_manifest, use_version
-
-    directory = args.dir or default_model_dir()
-    if args.models_command == "use":
-        try:
-            manifest = use_version(directory, args.version)
-        except RepositoryError as exc:
-            print(f"chexray models use: error: {exc}")
-            return 2
-        print(f"Version {manifest.version} installed; restart the server to serve it.")
-        return 0
-    current = getattr(current_manifest(directory), "version", None)
-    for m in archived_versions(directory):
-        how = (
-            f"calibrated on {m.calibration.data} ({m.calibration.images} images)"
-            if m.calibration
-            else f"built by chexray convert ({m.preset})"
-        )
-        mark = "*" if m.version == current else " "
-        print(f"{mark} {m.version:<24} {m.created}  {how}")
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="chexray", description="Chest X-ray inference server.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -63,8 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from convert.cli import add_arguments
     except ImportError:  # a server-only install has no converter
-        add_arguments = None
-    if add_arguments is not None:
+        pass
+    else:
         add_arguments(conv)
 
     serve = sub.add_parser(
@@ -93,15 +69,13 @@ def main(argv: list[str] | None = None) -> int:
         sub.add_parser(
             "evaluate",
             help="AUC, ROC and rates at the thresholds on a labelled set (CheXpert CSV)",
-        ),
-        default_model_dir(),
+        )
     )
     add_calibrate_arguments(
         sub.add_parser(
             "calibrate",
             help="fit thresholds and ensemble weights on a labelled set; new model version",
-        ),
-        default_model_dir(),
+        )
     )
 
     models = sub.add_parser("models", help="inspect the model repository")
@@ -115,45 +89,105 @@ def main(argv: list[str] | None = None) -> int:
     )
     use.add_argument("version")
     use.add_argument("--dir", type=Path, default=None)
+    return parser
 
-    args = parser.parse_args(argv)
-    if args.command == "convert":
-        if add_arguments is None:
-            print("chexray convert: the converter is not installed: pip install 'chexray[convert]'")
-            return 2
+
+def _model_dir(given: Path | None) -> Path:
+    """The folder named on the command line, else the `model_dir` setting."""
+    return given if given is not None else Settings.from_env().model_dir
+
+
+def _convert(args: argparse.Namespace) -> int:
+    try:
         from convert.cli import run
+    except ImportError:
+        print("chexray convert: the converter is not installed: pip install 'chexray[convert]'")
+        return 2
+    return run(args)
 
-        return run(args, default_model_dir())
-    if args.command == "serve":
-        from server.main import serve
 
-        overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
-        return serve(overrides, preset=args.preset, build=not args.no_build)
-    if args.command == "evaluate":
-        from evaluation.cli import run_evaluate
+def _serve(args: argparse.Namespace) -> int:
+    from server.main import serve
 
-        return run_evaluate(args)
-    if args.command == "calibrate":
-        from evaluation.cli import run_calibrate
+    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    return serve(overrides, preset=args.preset, build=not args.no_build)
 
-        return run_calibrate(args)
-    if args.command == "models" and args.models_command in ("versions", "use"):
-        return _versions(args)
-    if args.command == "models" and args.models_command == "check":
-        from server.runtime.manifest import RepositoryError
-        from server.runtime.repository import describe, verify_repository
 
-        directory = args.dir or default_model_dir()
-        try:
-            manifest = verify_repository(directory)
-        except RepositoryError as exc:
-            print(f"chexray models check: error: {exc}")
-            return 2
-        print(describe(manifest, directory))
-        print("\nOK: all files present and intact.")
-        return 0
-    parser.error("unknown command")
-    return 2
+def _evaluate(args: argparse.Namespace) -> int:
+    from evaluation.cli import run_evaluate
+
+    return run_evaluate(args)
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from evaluation.cli import run_calibrate
+
+    return run_calibrate(args)
+
+
+def _models_check(args: argparse.Namespace) -> int:
+    from server.runtime.manifest import RepositoryError
+    from server.runtime.repository import describe, verify_repository
+
+    directory = _model_dir(args.dir)
+    try:
+        manifest = verify_repository(directory)
+    except RepositoryError as exc:
+        print(f"chexray models check: error: {exc}")
+        return 2
+    print(describe(manifest, directory))
+    print("\nOK: all files present and intact.")
+    return 0
+
+
+def _models_versions(args: argparse.Namespace) -> int:
+    from server.runtime.repository import archived_versions, current_manifest
+
+    directory = _model_dir(args.dir)
+    current = getattr(current_manifest(directory), "version", None)
+    for m in archived_versions(directory):
+        how = (
+            f"calibrated on {m.calibration.data} ({m.calibration.images} images)"
+            if m.calibration
+            else f"built by chexray convert ({m.preset})"
+        )
+        mark = "*" if m.version == current else " "
+        print(f"{mark} {m.version:<24} {m.created}  {how}")
+    return 0
+
+
+def _models_use(args: argparse.Namespace) -> int:
+    from server.runtime.manifest import RepositoryError
+    from server.runtime.repository import use_version
+
+    try:
+        manifest = use_version(_model_dir(args.dir), args.version)
+    except RepositoryError as exc:
+        print(f"chexray models use: error: {exc}")
+        return 2
+    print(f"Version {manifest.version} installed; restart the server to serve it.")
+    return 0
+
+
+HANDLERS: dict[str, Handler] = {
+    "convert": _convert,
+    "serve": _serve,
+    "evaluate": _evaluate,
+    "calibrate": _calibrate,
+    "models check": _models_check,
+    "models versions": _models_versions,
+    "models use": _models_use,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    command = " ".join(filter(None, (args.command, getattr(args, "models_command", None))))
+    try:
+        return HANDLERS[command](args)
+    except SettingsError as exc:
+        print(f"chexray {command}: error: {exc}")
+        return 2
 
 
 if __name__ == "__main__":

@@ -13,10 +13,10 @@ from convert.errors import ConversionError
 from convert.jobs import job_main
 from convert.presets import CamSpec
 from convert.reference import preprocess, random_images, seed_for
+from server.runtime.contract import MEMBER_TOLERANCE
 from server.runtime.manifest import FINDINGS, Parity
 
 OPSET = 17
-PARITY_TOLERANCE = 1e-5
 
 
 class CamJob(msgspec.Struct, frozen=True):
@@ -119,16 +119,16 @@ def run(job: CamJob) -> CamResult:
     scale = max(1.0, float(np.abs(expected[1]).max()))
     diff_m = float(np.abs(expected[1] - got[1]).max()) / scale
     diff = max(diff_p, diff_m)
-    if not diff <= PARITY_TOLERANCE:
+    if not diff <= MEMBER_TOLERANCE:
         raise ConversionError(
             f"{spec.name}: parity check failed: ONNX differs from torch by {diff:.2e} "
-            f"(> {PARITY_TOLERANCE:.0e}) on {len(x)} random images"
+            f"(> {MEMBER_TOLERANCE:.0e}) on {len(x)} random images"
         )
     Path(tmp).replace(job.out)
     seconds = time.perf_counter() - start
     print(f"      {spec.name}: exported in {seconds:.1f} s, parity {diff:.1e}", flush=True)
     _, _, fh, fw = expected[1].shape
-    parity = Parity(diff, PARITY_TOLERANCE, "torch", len(x))
+    parity = Parity(diff, MEMBER_TOLERANCE, "torch", len(x))
     return CamResult((head.net.num_features, fh, fw), parity, seconds)
 
 

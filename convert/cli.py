@@ -35,7 +35,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=Path,
         default=None,
         metavar="DIR",
-        help="model repository to write (default: $CHEXRAY_MODEL_DIR or models_onnx)",
+        help="model repository to write (default: the model_dir setting, CHEXRAY_MODEL_DIR, "
+        "else models_onnx)",
     )
     p.add_argument(
         "--keras-loader",
@@ -47,7 +48,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--weights-matrix",
         type=Path,
         metavar="FILE",
-        help='JSON {"member": [5 weights], ...}; default: the seed\'s matrix',
+        help='JSON {"member": [5 weights], ...}; default: the legacy application\'s matrix',
     )
     p.add_argument(
         "--member-size",
@@ -84,12 +85,17 @@ def _order(text: str) -> tuple[str, list[str]]:
     return name, [f.strip() for f in order.split(",") if f.strip()]
 
 
-def run(args: argparse.Namespace, default_out: Path) -> int:
+def run(args: argparse.Namespace) -> int:
     from convert.errors import ConversionError
     from convert.pipeline import convert_repository
     from server.runtime.repository import describe
+    from server.settings import Settings, SettingsError
 
-    out = args.out or default_out
+    try:
+        out = args.out or Settings.from_env().model_dir
+    except SettingsError as exc:
+        print(f"chexray convert: error: {exc}")
+        return 2
     try:
         manifest = convert_repository(
             args.preset,

@@ -7,7 +7,8 @@
       -> per-finding weighted average (weights normalised)     probabilities [N, 5]
       -> CAM network: its own probabilities and CAM maps       cam_probabilities [N, 5]
                                                                cam_maps [N, 5, h, w]
-Only onnx and onnxruntime are used here: no framework is needed to fuse or re-weight.
+Only onnx and onnxruntime are used here: no framework is needed to fuse or re-weight, so
+`evaluation` may import this module.
 """
 
 from __future__ import annotations
@@ -21,12 +22,21 @@ from onnx import TensorProto, helper, numpy_helper
 
 from convert.errors import ConversionError
 from convert.reference import preprocess, random_images
-from server.runtime.manifest import FINDINGS, Parity, Preprocess
-
-INPUT = "image"
-OUTPUTS = ("probabilities", "member_probabilities", "cam_probabilities", "cam_maps")
-FUSED_TOLERANCE = 1e-5
-FP16_TOLERANCE = 1e-2
+from server.files import write_atomic
+from server.runtime.contract import (
+    CAM_MAPS,
+    CAM_PROBABILITIES,
+    FP16_TOLERANCE,
+    FUSED_TOLERANCE,
+    INPUT,
+    MEMBER_PROBABILITIES,
+    OUTPUTS,
+    PROBABILITIES,
+    WEIGHTS_INITIALIZER,
+    input_spec,
+    output_specs,
+)
+from server.runtime.manifest import FINDINGS, Parity, Preprocess, TensorSpec
 
 
 @dataclass(frozen=True)
@@ -142,34 +152,20 @@ def fuse(
             "Gather", [out, b.const(f"{prefix}perm", perm)], f"{prefix}ordered", axis=1
         )
         rows.append(b.node("Unsqueeze", [ordered, "axis1"], f"{prefix}row"))
-    b.node("Concat", rows, "member_probabilities", axis=1)
-    w = b.const("ensemble_weights", np.asarray(weights, np.float32)[None])  # [1, M, 5]
-    weighted = b.node("Mul", ["member_probabilities", w], "weighted")
-    b.node("ReduceSum", [weighted, "axis1"], "probabilities", keepdims=0)
+    b.node("Concat", rows, MEMBER_PROBABILITIES, axis=1)
+    w = b.const(WEIGHTS_INITIALIZER, np.asarray(weights, np.float32)[None])  # [1, M, 5]
+    weighted = b.node("Mul", [MEMBER_PROBABILITIES, w], "weighted")
+    b.node("ReduceSum", [weighted, "axis1"], PROBABILITIES, keepdims=0)
 
     g = attach(cam, "cam/")
-    b.node("Identity", ["cam/cam_probabilities"], "cam_probabilities")
-    b.node("Identity", ["cam/cam_maps"], "cam_maps")
-    fh, fw = _cam_map_size(g)
+    b.node("Identity", ["cam/cam_probabilities"], CAM_PROBABILITIES)
+    b.node("Identity", ["cam/cam_maps"], CAM_MAPS)
 
-    n = "batch"
-    m = len(members)
     graph = helper.make_graph(
         b.nodes[:2] + graph_nodes + b.nodes[2:],
         "chexray_ensemble",
-        [helper.make_tensor_value_info(INPUT, TensorProto.UINT8, [n, *size])],
-        [
-            helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [n, len(FINDINGS)]),
-            helper.make_tensor_value_info(
-                "member_probabilities", TensorProto.FLOAT, [n, m, len(FINDINGS)]
-            ),
-            helper.make_tensor_value_info(
-                "cam_probabilities", TensorProto.FLOAT, [n, len(FINDINGS)]
-            ),
-            helper.make_tensor_value_info(
-                "cam_maps", TensorProto.FLOAT, [n, len(FINDINGS), fh, fw]
-            ),
-        ],
+        [_value_info(input_spec(*size))],
+        [_value_info(spec) for spec in output_specs(len(members), _cam_map_size(g))],
         initializer=b.inits,
         value_info=value_info,
     )
@@ -183,6 +179,38 @@ def fuse(
     _topological_sort(model.graph)
     onnx.checker.check_model(model)
     return model
+
+
+def _value_info(spec: TensorSpec) -> onnx.ValueInfoProto:
+    dtype = helper.np_dtype_to_tensor_dtype(np.dtype(spec.dtype))
+    return helper.make_tensor_value_info(spec.name, dtype, spec.shape)
+
+
+def reweight(src: Path, dest: Path, weights: np.ndarray) -> None:
+    """Write a copy of the fused graph at `src` to `dest` with its weights initializer
+    replaced by `weights` [members, findings] (normalised per finding, as `fuse` takes them),
+    cast to the initializer's own dtype. ConversionError when `src` is not a fused graph of
+    that many members."""
+    try:
+        model = onnx.load(str(src))
+    except Exception as exc:
+        raise ConversionError(f"{src}: not a readable ONNX model ({exc})") from None
+    expected = [1, *np.shape(weights)]
+    for init in model.graph.initializer:
+        if init.name == WEIGHTS_INITIALIZER:
+            old = numpy_helper.to_array(init)
+            if list(old.shape) != expected:
+                raise ConversionError(
+                    f"{src}: {WEIGHTS_INITIALIZER} is {list(old.shape)}, expected {expected}"
+                )
+            new = np.asarray(weights)[None].astype(old.dtype)
+            init.CopyFrom(numpy_helper.from_array(new, init.name))
+            break
+    else:
+        raise ConversionError(
+            f"{src}: no {WEIGHTS_INITIALIZER!r} initializer; rebuild with `chexray convert`"
+        )
+    write_atomic(Path(dest), model.SerializeToString())
 
 
 def _cam_map_size(g: onnx.GraphProto) -> tuple[int | str, int | str]:
@@ -281,16 +309,16 @@ def fused_parity(
         outs = session.run(names, {"input": preprocess(src, part.preprocess)})
         result = dict(zip(names, outs, strict=True))
         if part is cam:
-            diffs.append(np.abs(result["cam_probabilities"] - got["cam_probabilities"]).max())
+            diffs.append(np.abs(result["cam_probabilities"] - got[CAM_PROBABILITIES]).max())
             scale = max(1.0, float(np.abs(result["cam_maps"]).max()))
-            diffs.append(np.abs(result["cam_maps"] - got["cam_maps"]).max() / scale)
+            diffs.append(np.abs(result["cam_maps"] - got[CAM_MAPS]).max() / scale)
         else:
             order = part.output_order or list(FINDINGS)
             expected_members.append(result["probabilities"][:, [order.index(f) for f in FINDINGS]])
     stacked = np.stack(expected_members, axis=1)
-    diffs.append(np.abs(stacked - got["member_probabilities"]).max())
+    diffs.append(np.abs(stacked - got[MEMBER_PROBABILITIES]).max())
     ensemble = (stacked * np.asarray(weights, np.float32)[None]).sum(axis=1)
-    diffs.append(np.abs(ensemble - got["probabilities"]).max())
+    diffs.append(np.abs(ensemble - got[PROBABILITIES]).max())
     diff = float(max(diffs))
     if not diff <= FUSED_TOLERANCE:
         raise ConversionError(
@@ -302,12 +330,9 @@ def fused_parity(
 
 def fp16_parity(fp32_path: Path, fp16_path: Path, size: tuple[int, int], samples: int) -> Parity:
     images = random_images(samples, *size, seed=4321)
-    a = cpu_session(fp32_path).run(
-        ["probabilities", "member_probabilities", "cam_probabilities"], {INPUT: images}
-    )
-    b = cpu_session(fp16_path).run(
-        ["probabilities", "member_probabilities", "cam_probabilities"], {INPUT: images}
-    )
+    compared = [PROBABILITIES, MEMBER_PROBABILITIES, CAM_PROBABILITIES]
+    a = cpu_session(fp32_path).run(compared, {INPUT: images})
+    b = cpu_session(fp16_path).run(compared, {INPUT: images})
     diff = float(max(np.abs(x - y).max() for x, y in zip(a, b, strict=True)))
     if not diff <= FP16_TOLERANCE:
         raise ConversionError(

@@ -18,10 +18,10 @@ from convert.jobs import job_main
 from convert.presets import MemberSpec
 from convert.reference import preprocess, random_images, seed_for
 from convert.sources import Loader, Source
+from server.runtime.contract import MEMBER_TOLERANCE
 from server.runtime.manifest import FINDINGS, Parity
 
 OPSET = 17
-PARITY_TOLERANCE = 1e-5
 # Bump when the export itself changes, so rebuilds redo files made the old way.
 EXPORT_REVISION = 2
 
@@ -51,7 +51,8 @@ def _log(message: str) -> None:
 
 
 def build_architecture(keras: Any, spec: MemberSpec, channels: int = 3) -> Any:
-    """The seed's layout: a backbone without its top, global average pooling, Dense(5)."""
+    """The legacy application's layout: a backbone without its top, global average pooling,
+    Dense(5)."""
     h, w = spec.input_size
     if spec.architecture == "tiny-cnn":
         inputs = keras.Input((h, w, channels), name="image")
@@ -202,12 +203,12 @@ def check_parity(model: Any, path: str, item: KerasItem, size: tuple[int, int], 
         for e, g in zip(expected, got, strict=True)
     ]
     diff = max(diffs)
-    if not diff <= PARITY_TOLERANCE:
+    if not diff <= MEMBER_TOLERANCE:
         raise ConversionError(
             f"{where}: parity check failed: ONNX differs from Keras by {diff:.2e} "
-            f"(> {PARITY_TOLERANCE:.0e}) on {len(x)} random images"
+            f"(> {MEMBER_TOLERANCE:.0e}) on {len(x)} random images"
         )
-    return Parity(diff, PARITY_TOLERANCE, "keras", len(x))
+    return Parity(diff, MEMBER_TOLERANCE, "keras", len(x))
 
 
 def run(job: KerasJob) -> list[KerasResult]:

@@ -12,43 +12,37 @@ import hashlib
 import importlib.metadata
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Generic, Protocol, TypeVar
 
 import msgspec
 import onnx
 
 from convert.cam_job import CamJob, CamResult
 from convert.errors import ConversionError
-from convert.fuse import (
-    FP16_TOLERANCE,
-    INPUT,
-    OUTPUTS,
-    Part,
-    fp16_parity,
-    fuse,
-    fused_parity,
-    to_fp16,
-)
+from convert.fuse import Part, fp16_parity, fuse, fused_parity, to_fp16
 from convert.jobs import run_job
 from convert.keras_job import EXPORT_REVISION, OPSET, KerasItem, KerasJob, KerasResult
 from convert.presets import (
     DEFAULT_THRESHOLDS,
     DEFAULT_THRESHOLDS_SOURCE,
-    SEED_WEIGHTS,
+    LEGACY_WEIGHTS,
     MemberSpec,
     Preset,
     get_preset,
 )
 from convert.sources import Source, find_sources
 from server.files import write_atomic
+from server.runtime.contract import FP16_TOLERANCE, input_spec, output_specs
 from server.runtime.manifest import (
     FINDINGS,
     MANIFEST_NAME,
     SCHEMA_VERSION,
     CamNetwork,
+    GraphFile,
     Manifest,
     Member,
-    TensorSpec,
     Thresholds,
     graph_file,
     model_version,
@@ -95,13 +89,18 @@ def _source_digest(src: Source | None) -> str:
     return digest
 
 
+def _source_digest_path(path: Path | None) -> str:
+    return sha256_file(path) if path is not None else "random"
+
+
 def _fresh(out: Path, rel: str, old_sha: str | None) -> bool:
     return old_sha is not None and (out / rel).is_file() and sha256_file(out / rel) == old_sha
 
 
 def _weights_matrix(names: list[str], path: Path | None) -> list[list[float]]:
-    """Members x findings; from a JSON file {"member": [5 weights], ...} or the seed's."""
-    table = SEED_WEIGHTS
+    """Members x findings; from a JSON file {"member": [5 weights], ...} or the legacy
+    application's."""
+    table = LEGACY_WEIGHTS
     if path is not None:
         try:
             table = msgspec.json.decode(Path(path).read_bytes(), type=dict[str, list[float]])
@@ -111,12 +110,12 @@ def _weights_matrix(names: list[str], path: Path | None) -> list[list[float]]:
             ) from None
     missing = [n for n in names if n not in table]
     if missing:
-        raise ConversionError(f"weights matrix {path or '(seed)'} has no row for {missing}")
+        raise ConversionError(f"weights matrix {path or '(legacy)'} has no row for {missing}")
     matrix = [table[n] for n in names]
     try:
         normalise_weights(matrix)
     except ValueError as exc:
-        raise ConversionError(f"weights matrix {path or '(seed)'}: {exc}") from None
+        raise ConversionError(f"weights matrix {path or '(legacy)'}: {exc}") from None
     return matrix
 
 
@@ -159,6 +158,8 @@ def convert_repository(
     fp16: bool = True,
     log: Log = _log,
 ) -> Manifest:
+    """Build the model repository `out` for a preset, reusing every file still up to date;
+    installs and returns the new manifest, or returns the current one unchanged."""
     started = time.perf_counter()
     try:
         preset = _customised(get_preset(preset_name), member_sizes or {}, member_orders or {})
@@ -168,217 +169,324 @@ def convert_repository(
     (out / "parts").mkdir(parents=True, exist_ok=True)
     names = [m.name for m in preset.members]
     matrix = _weights_matrix(names, weights_matrix)
-
-    sources: dict[str, Source] = {}
-    if weights_dir is not None:
-        sources, warnings = find_sources(Path(weights_dir), names, loader)
-        for w in warnings:
-            log(f"warning: {w}")
-    cam_source = None
-    if cam_checkpoint is not None:
-        cam_source = Path(cam_checkpoint)
-        if not cam_source.is_file():
-            raise ConversionError(f"{cam_source}: no such checkpoint file")
+    sources = _member_sources(weights_dir, names, loader, log)
+    checkpoint = _cam_checkpoint(cam_checkpoint)
     old = current_manifest(out)
-    if old is not None and old.preset != preset.name:
-        old = None
-    versions = _versions()
-    steps = len(preset.members) + 2 + int(fp16)
-    log(f"Building the '{preset.name}' model repository in {out} ({steps} steps)")
+    b = _Build(
+        preset=preset,
+        out=out,
+        old=old if old is not None and old.preset == preset.name else None,
+        versions=_versions(),
+        steps=len(preset.members) + 2 + int(fp16),
+        log=log,
+        started=started,
+    )
+    log(f"Building the '{preset.name}' model repository in {out} ({b.steps} steps)")
+    members = _members(b, sources)
+    cam = _cam_network(b, checkpoint)
+    normalised = normalise_weights(matrix)
+    fused = _fused_graph(b, members, cam, normalised)
+    fused16 = _fp16_graph(b, fused) if fp16 else None
+    return _install(b, members, cam, matrix, normalised, fused, fused16)
 
-    # 1. Members: reuse what is up to date, convert the rest in child processes.
-    old_members = {m.name: m for m in old.members} if old else {}
-    keys, todo = {}, []
-    for i, spec in enumerate(preset.members, 1):
+
+class _Entry(Protocol):
+    """What the manifest records of each file it names."""
+
+    @property
+    def file(self) -> str: ...
+
+    @property
+    def sha256(self) -> str: ...
+
+    @property
+    def build_key(self) -> str: ...
+
+
+E = TypeVar("E", bound=_Entry)
+
+
+@dataclass(frozen=True)
+class _Wanted(Generic[E]):
+    """A file the repository needs: what the log calls it, its build key, and the previous
+    manifest's entry for it (None when there is none)."""
+
+    title: str
+    key: str
+    previous: E | None
+
+
+@dataclass
+class _Build:
+    """One run of `convert_repository`: what it builds, where, what it may reuse, its log."""
+
+    preset: Preset
+    out: Path
+    old: Manifest | None  # the current manifest, when it was built from the same preset
+    versions: dict[str, str]
+    steps: int
+    log: Log
+    started: float
+    step: int = 0
+
+    def reuse_or_build(
+        self,
+        wanted: list[_Wanted[E]],
+        doing: str,
+        build: Callable[[list[int]], list[E]],
+        done: Callable[[E, float], str] | None = None,
+    ) -> list[E]:
+        """The entries of `wanted`, in order, one numbered step each. A previous entry whose
+        build key matches and whose file still has its checksum is reused ("up to date");
+        the others ("doing") are built by one call of `build`, given their indices and
+        returning their new entries; `done(entry, seconds)` then describes each one."""
+        entries: list[E | None] = []
+        stale: list[int] = []
+        for i, w in enumerate(wanted):
+            self.step += 1
+            prev = w.previous
+            if prev and prev.build_key == w.key and _fresh(self.out, prev.file, prev.sha256):
+                self.log(f"[{self.step}/{self.steps}] {w.title}: up to date")
+                entries.append(prev)
+            else:
+                self.log(f"[{self.step}/{self.steps}] {w.title}: {doing}")
+                entries.append(None)
+                stale.append(i)
+        if stale:
+            t = time.perf_counter()
+            built = build(stale)
+            seconds = time.perf_counter() - t
+            for i, entry in zip(stale, built, strict=True):
+                entries[i] = entry
+                if done is not None:
+                    self.log(f"      {done(entry, seconds)}")
+        return [e for e in entries if e is not None]  # none is left: the zip is strict
+
+    def reuse_or_build_one(
+        self,
+        wanted: _Wanted[E],
+        doing: str,
+        build: Callable[[], E],
+        done: Callable[[E, float], str] | None = None,
+    ) -> E:
+        (entry,) = self.reuse_or_build([wanted], doing, lambda _: [build()], done)
+        return entry
+
+
+def _member_sources(
+    weights_dir: Path | None, names: list[str], loader: str, log: Log
+) -> dict[str, Source]:
+    if weights_dir is None:
+        return {}
+    sources, warnings = find_sources(Path(weights_dir), names, loader)
+    for w in warnings:
+        log(f"warning: {w}")
+    return sources
+
+
+def _cam_checkpoint(path: Path | None) -> Path | None:
+    if path is None:
+        return None
+    path = Path(path)
+    if not path.is_file():
+        raise ConversionError(f"{path}: no such checkpoint file")
+    return path
+
+
+def _members(b: _Build, sources: dict[str, Source]) -> list[Member]:
+    """The five Keras members, the stale ones converted in child processes (see `_jobs`)."""
+    specs = b.preset.members
+    old = {m.name: m for m in b.old.members} if b.old else {}
+    wanted = []
+    for spec in specs:
         src = sources.get(spec.name)
-        keys[spec.name] = _key(
+        key = _key(
             spec,
             src and src.loader,
             _source_digest(src),
             OPSET,
             EXPORT_REVISION,
-            versions.get("tf2onnx"),
-            versions.get("tensorflow-cpu"),
+            b.versions.get("tf2onnx"),
+            b.versions.get("tensorflow-cpu"),
         )
-        prev = old_members.get(spec.name)
         what = f"{spec.architecture} {spec.input_size[0]}x{spec.input_size[1]}, " + (
             f"{src.kind} via {src.loader}: {src.path}" if src else "random init (untrained)"
         )
-        if prev and prev.build_key == keys[spec.name] and _fresh(out, prev.file, prev.sha256):
-            log(f"[{i}/{steps}] {spec.name} ({what}): up to date")
-        else:
-            log(f"[{i}/{steps}] {spec.name} ({what}): converting")
-            todo.append(spec)
-    results: dict[str, KerasResult] = {}
-    for batch in _jobs(preset, todo, sources, out):
-        job = KerasJob(
-            loader=batch[0].source.loader if batch[0].source else "keras3",
-            items=batch,
-        )
-        env = {"TF_USE_LEGACY_KERAS": "1"} if job.loader == "tf_keras" else {}
-        for r in run_job("convert.keras_job", job, list[KerasResult], env):
-            results[r.name] = r
-    members = []
-    for spec in preset.members:
-        src = sources.get(spec.name)
-        rel = f"parts/{spec.name}.onnx"
-        if spec.name in results:
-            r = results[spec.name]
-            members.append(
-                Member(
-                    name=spec.name,
-                    architecture=spec.architecture,
-                    input_size=r.input_size,
-                    file=rel,
-                    sha256=sha256_file(out / rel),
-                    source=src.path if src else None,
-                    trained=src is not None,
-                    loader=src.loader if src else "random",
-                    preprocess=msgspec.structs.replace(spec.preprocess, channels=r.channels),
-                    output_order=spec.output_order,
-                    parity=r.parity,
-                    build_key=keys[spec.name],
-                )
-            )
-        else:
-            members.append(old_members[spec.name])
+        wanted.append(_Wanted(f"{spec.name} ({what})", key, old.get(spec.name)))
 
-    # 2. The CAM network.
-    step = len(preset.members) + 1
-    cs = preset.cam
-    cam_key = _key(cs, _source_digest_path(cam_source), OPSET, versions.get("torch"))
-    what = f"{cs.architecture} {cs.input_size[0]}x{cs.input_size[1]}, " + (
-        f"checkpoint {cam_source}" if cam_source else "random init (untrained)"
+    def convert(stale: list[int]) -> list[Member]:
+        todo = [specs[i] for i in stale]
+        results: dict[str, KerasResult] = {}
+        for batch in _jobs(b.preset, todo, sources, b.out):
+            job = KerasJob(
+                loader=batch[0].source.loader if batch[0].source else "keras3",
+                items=batch,
+            )
+            env = {"TF_USE_LEGACY_KERAS": "1"} if job.loader == "tf_keras" else {}
+            for r in run_job("convert.keras_job", job, list[KerasResult], env):
+                results[r.name] = r
+        return [
+            _member(b.out, spec, sources.get(spec.name), results[spec.name], wanted[i].key)
+            for i, spec in zip(stale, todo, strict=True)
+        ]
+
+    return b.reuse_or_build(wanted, "converting", convert)
+
+
+def _member(out: Path, spec: MemberSpec, src: Source | None, r: KerasResult, key: str) -> Member:
+    rel = f"parts/{spec.name}.onnx"
+    return Member(
+        name=spec.name,
+        architecture=spec.architecture,
+        input_size=r.input_size,
+        file=rel,
+        sha256=sha256_file(out / rel),
+        source=src.path if src else None,
+        trained=src is not None,
+        loader=src.loader if src else "random",
+        preprocess=msgspec.structs.replace(spec.preprocess, channels=r.channels),
+        output_order=spec.output_order,
+        parity=r.parity,
+        build_key=key,
     )
-    cam_rel = f"parts/{cs.name}.onnx"
-    if old and old.cam.build_key == cam_key and _fresh(out, old.cam.file, old.cam.sha256):
-        log(f"[{step}/{steps}] {cs.name} ({what}): up to date")
-        cam = old.cam
-    else:
-        log(f"[{step}/{steps}] {cs.name} ({what}): converting")
-        job = CamJob(
-            cs, str(cam_source) if cam_source else None, str(out / cam_rel), preset.parity_samples
-        )
+
+
+def _cam_network(b: _Build, checkpoint: Path | None) -> CamNetwork:
+    """The CAM network, converted from torch in a child process."""
+    cs = b.preset.cam
+    key = _key(cs, _source_digest_path(checkpoint), OPSET, b.versions.get("torch"))
+    what = f"{cs.architecture} {cs.input_size[0]}x{cs.input_size[1]}, " + (
+        f"checkpoint {checkpoint}" if checkpoint else "random init (untrained)"
+    )
+    rel = f"parts/{cs.name}.onnx"
+    source = str(checkpoint) if checkpoint else None
+
+    def convert() -> CamNetwork:
+        job = CamJob(cs, source, str(b.out / rel), b.preset.parity_samples)
         r = run_job("convert.cam_job", job, CamResult)
-        cam = CamNetwork(
+        return CamNetwork(
             name=cs.name,
             architecture=cs.architecture,
             input_size=cs.input_size,
-            file=cam_rel,
-            sha256=sha256_file(out / cam_rel),
-            source=str(cam_source) if cam_source else None,
-            trained=cam_source is not None,
+            file=rel,
+            sha256=sha256_file(b.out / rel),
+            source=source,
+            trained=checkpoint is not None,
             preprocess=cs.preprocess,
             classes=cs.classes,
             class_map=cs.class_map,
             feature_map=r.feature_map,
             parity=r.parity,
-            build_key=cam_key,
+            build_key=key,
         )
 
-    # 3. The fused graph.
-    step += 1
-    normalised = normalise_weights(matrix)
+    previous = b.old.cam if b.old else None
+    return b.reuse_or_build_one(
+        _Wanted(f"{cs.name} ({what})", key, previous), "converting", convert
+    )
+
+
+def _fused_graph(
+    b: _Build, members: list[Member], cam: CamNetwork, weights: list[list[float]]
+) -> GraphFile:
+    """The members and the CAM network in one graph, with the normalised `weights`."""
     parts = [
-        Part(m.name, out / m.file, m.input_size, m.preprocess, m.output_order) for m in members
+        Part(m.name, b.out / m.file, m.input_size, m.preprocess, m.output_order) for m in members
     ]
-    cam_part = Part(cam.name, out / cam.file, cam.input_size, cam.preprocess)
-    fused_key = _key(
+    cam_part = Part(cam.name, b.out / cam.file, cam.input_size, cam.preprocess)
+    size = b.preset.input_size
+    key = _key(
         [m.sha256 for m in members],
         [m.preprocess for m in members],
         [m.output_order for m in members],
         cam.sha256,
-        normalised,
-        preset.input_size,
-        versions.get("onnx"),
+        weights,
+        size,
+        b.versions.get("onnx"),
     )
-    fused_rel = "ensemble.onnx"
-    if old and old.fused.build_key == fused_key and _fresh(out, fused_rel, old.fused.sha256):
-        log(f"[{step}/{steps}] fused graph: up to date")
-        fused = old.fused
-    else:
-        log(f"[{step}/{steps}] fused graph: merging {len(members)} members + CAM network")
-        t = time.perf_counter()
-        model = fuse(parts, cam_part, normalised, preset.input_size)
-        _save(model, out / fused_rel)
-        parity = fused_parity(
-            out / fused_rel, parts, cam_part, normalised, preset.input_size, preset.parity_samples
-        )
-        fused = graph_file(out, fused_rel, "float32", parity, fused_key)
-        log(
-            f"      fused in {time.perf_counter() - t:.1f} s, parity {parity.max_abs_diff:.1e}, "
-            f"{fused.size_bytes / 1e6:.1f} MB"
-        )
+    rel = "ensemble.onnx"
 
-    # 4. fp16 variant for GPUs.
-    fused16 = None
-    if fp16:
-        step += 1
-        rel16 = "ensemble.fp16.onnx"
-        key16 = _key(fused.sha256, versions.get("onnxruntime"), versions.get("onnxruntime-gpu"))
-        if (
-            old
-            and old.fused_fp16
-            and old.fused_fp16.build_key == key16
-            and _fresh(out, rel16, old.fused_fp16.sha256)
-        ):
-            log(f"[{step}/{steps}] fp16 graph: up to date")
-            fused16 = old.fused_fp16
-        else:
-            log(f"[{step}/{steps}] fp16 graph: converting the fused graph to float16")
-            t = time.perf_counter()
-            _save(to_fp16(onnx.load(str(out / fused_rel))), out / rel16)
-            parity = fp16_parity(
-                out / fused_rel, out / rel16, preset.input_size, preset.parity_samples
-            )
-            fused16 = graph_file(out, rel16, "float16", parity, key16)
-            log(
-                f"      converted in {time.perf_counter() - t:.1f} s, parity vs fp32 "
-                f"{parity.max_abs_diff:.1e} (<= {FP16_TOLERANCE:.0e})"
-            )
+    def merge() -> GraphFile:
+        _save(fuse(parts, cam_part, weights, size), b.out / rel)
+        parity = fused_parity(b.out / rel, parts, cam_part, weights, size, b.preset.parity_samples)
+        return graph_file(b.out, rel, "float32", parity, key)
 
+    return b.reuse_or_build_one(
+        _Wanted("fused graph", key, b.old.fused if b.old else None),
+        f"merging {len(members)} members + CAM network",
+        merge,
+        lambda g, seconds: (
+            f"fused in {seconds:.1f} s, parity {g.parity.max_abs_diff:.1e}, "
+            f"{g.size_bytes / 1e6:.1f} MB"
+        ),
+    )
+
+
+def _fp16_graph(b: _Build, fused: GraphFile) -> GraphFile:
+    """The fused graph in float16, for GPUs."""
+    rel = "ensemble.fp16.onnx"
+    key = _key(fused.sha256, b.versions.get("onnxruntime"), b.versions.get("onnxruntime-gpu"))
+
+    def convert() -> GraphFile:
+        _save(to_fp16(onnx.load(str(b.out / fused.file))), b.out / rel)
+        size = b.preset.input_size
+        parity = fp16_parity(b.out / fused.file, b.out / rel, size, b.preset.parity_samples)
+        return graph_file(b.out, rel, "float16", parity, key)
+
+    return b.reuse_or_build_one(
+        _Wanted("fp16 graph", key, b.old.fused_fp16 if b.old else None),
+        "converting the fused graph to float16",
+        convert,
+        lambda g, seconds: (
+            f"converted in {seconds:.1f} s, parity vs fp32 {g.parity.max_abs_diff:.1e} "
+            f"(<= {FP16_TOLERANCE:.0e})"
+        ),
+    )
+
+
+def _install(
+    b: _Build,
+    members: list[Member],
+    cam: CamNetwork,
+    weights: list[list[float]],
+    normalised: list[list[float]],
+    fused: GraphFile,
+    fused16: GraphFile | None,
+) -> Manifest:
+    """The manifest of what was built, installed unless the current one already says it."""
     thresholds = Thresholds(DEFAULT_THRESHOLDS, DEFAULT_THRESHOLDS_SOURCE)
-    version = model_version(preset.name, fused, fused16, thresholds, cam.class_map)
+    version = model_version(b.preset.name, fused, fused16, thresholds, cam.class_map)
+    old = b.old
     if old is not None and old.version == version:
-        log(f"Repository is up to date (version {version}).")
+        b.log(f"Repository is up to date (version {version}).")
         return old
-    h, w = preset.input_size
-    (fh, fw) = cam.feature_map[1:]
     manifest = Manifest(
         schema_version=SCHEMA_VERSION,
-        preset=preset.name,
+        preset=b.preset.name,
         version=version,
         created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         findings=list(FINDINGS),
-        input=TensorSpec(INPUT, "uint8", ["batch", h, w]),
-        outputs=[
-            TensorSpec(OUTPUTS[0], "float32", ["batch", len(FINDINGS)]),
-            TensorSpec(OUTPUTS[1], "float32", ["batch", len(members), len(FINDINGS)]),
-            TensorSpec(OUTPUTS[2], "float32", ["batch", len(FINDINGS)]),
-            TensorSpec(OUTPUTS[3], "float32", ["batch", len(FINDINGS), fh, fw]),
-        ],
+        input=input_spec(*b.preset.input_size),
+        outputs=output_specs(len(members), cam.feature_map[1:]),
         members=members,
-        weights=matrix,
+        weights=weights,
         weights_normalised=normalised,
         thresholds=thresholds,
         cam=cam,
         fused=fused,
         fused_fp16=fused16,
         opset=OPSET,
-        versions=versions,
+        versions=b.versions,
     )
     if old is not None and old.calibration is not None:
-        log(
+        b.log(
             f"warning: this build replaces the calibrated weights and thresholds of version "
             f"{old.version}; `chexray models use {old.version}` serves them again"
         )
-    install_manifest(out, manifest)
-    log(f"Wrote {out / MANIFEST_NAME}: version {version} in {time.perf_counter() - started:.1f} s")
+    install_manifest(b.out, manifest)
+    elapsed = time.perf_counter() - b.started
+    b.log(f"Wrote {b.out / MANIFEST_NAME}: version {version} in {elapsed:.1f} s")
     return manifest
-
-
-def _source_digest_path(path: Path | None) -> str:
-    return sha256_file(path) if path is not None else "random"
 
 
 def _jobs(

@@ -10,8 +10,8 @@ import msgspec
 
 from server.runtime.manifest import FINDINGS, Preprocess
 
-# The seed's Keras members: Xception and Inception-ResNet-v2 used Keras `preprocess_input`
-# ("tf": pixels to [-1, 1]); the DenseNets used x / 255.
+# The legacy application's Keras members: Xception and Inception-ResNet-v2 used Keras
+# `preprocess_input` ("tf": pixels to [-1, 1]); the DenseNets used x / 255.
 TF_MODE = Preprocess(mode="tf", mean=[127.5] * 3, std=[127.5] * 3)
 UNIT_MODE = Preprocess(mode="unit", mean=[0.0] * 3, std=[255.0] * 3)
 # torchvision / CheXNet: ImageNet statistics on RGB, NCHW.
@@ -23,11 +23,12 @@ IMAGENET_MODE = Preprocess(
 )
 
 # DenseNet-169 and -201 were trained on CheXpert's CSV column order and emit the five
-# findings in that order; the seed re-mapped them in code, the fused graph does it now.
+# findings in that order; the legacy application re-mapped them in code, the fused graph
+# does it now.
 CHEXPERT_ORDER = ["Cardiomegaly", "Edema", "Consolidation", "Atelectasis", "Pleural Effusion"]
 
-# The seed's hand-set ensemble weights (members x findings, FINDINGS order).
-SEED_WEIGHTS: dict[str, list[float]] = {
+# The legacy application's hand-set ensemble weights (members x findings, FINDINGS order).
+LEGACY_WEIGHTS: dict[str, list[float]] = {
     "xception": [0.50, 0.30, 1.00, 1.10, 1.00],
     "inception_resnet_v2": [0.40, 1.00, 0.70, 0.00, 0.75],
     "densenet121": [1.50, 0.20, 1.00, 0.10, 0.40],
@@ -35,10 +36,12 @@ SEED_WEIGHTS: dict[str, list[float]] = {
     "densenet201": [0.80, 0.50, 0.60, 0.00, 0.10],
 }
 
-# The seed's Youden thresholds were computed on its weighted sum divided by 5 once more;
-# on a true weighted average they are 5x larger.
-SEED_THRESHOLDS = [0.04824, 0.02167, 0.0107, 0.04131, 0.04202]
-DEFAULT_THRESHOLDS = [round(t * 5, 6) for t in SEED_THRESHOLDS]
+# The legacy application's Youden thresholds were computed on its weighted sum divided by 5
+# once more; on a true weighted average they are 5x larger.
+LEGACY_THRESHOLDS = [0.04824, 0.02167, 0.0107, 0.04131, 0.04202]
+DEFAULT_THRESHOLDS = [round(t * 5, 6) for t in LEGACY_THRESHOLDS]
+# Recorded in every manifest and part of its version hash: rewording it would give every
+# rebuilt repository a new version, so it keeps the name the legacy application had then.
 DEFAULT_THRESHOLDS_SOURCE = (
     "seed Youden thresholds x5 (the seed divided its weighted average by 5 again); "
     "to be refitted on labelled validation data"

@@ -2,7 +2,7 @@
 
 Keras files come in four shapes: a `.keras` archive (Keras 3), a full-model `.h5`
 (architecture + weights), a weights-only `.h5` for one of the default architectures,
-and the seed's pair of a JSON architecture plus an `.h5` of weights. Keras 2 era `.h5`
+and the legacy application's pair of a JSON architecture plus an `.h5` of weights. Keras 2 era `.h5`
 files are read by the legacy `tf_keras` loader, which Keras 3 cannot always replace.
 """
 

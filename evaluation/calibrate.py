@@ -2,9 +2,10 @@
 manifest version that the server serves after a restart.
 
 The weights live in the fused graph as one initializer, `ensemble_weights` [1, M, 5]; a new
-version copies the graph (fp32 and fp16) with that initializer replaced, checks the copy
-against its own member outputs, and installs a manifest naming the copies. The previous
-manifest and its files stay (`chexray models use VERSION` serves them again).
+version copies the graph (fp32 and fp16) with that initializer replaced
+(`convert.fuse.reweight`), checks the copy against its own member outputs, and installs a
+manifest naming the copies. The previous manifest and its files stay (`chexray models use
+VERSION` serves them again).
 """
 
 from __future__ import annotations
@@ -16,10 +17,9 @@ from pathlib import Path
 
 import msgspec
 import numpy as np
-import onnx
-from onnx import numpy_helper
 
-from convert.fuse import cpu_session
+from convert.errors import ConversionError
+from convert.fuse import cpu_session, reweight
 from convert.reference import random_images
 from evaluation.labels import LabelledSet, counted, has_both_classes
 from evaluation.metrics import youden_threshold
@@ -32,7 +32,13 @@ from evaluation.report import (
 )
 from evaluation.scoring import Scores
 from evaluation.weights import FindingFit, fit_finding
-from server.files import write_atomic
+from server.runtime.contract import (
+    FP16_TOLERANCE,
+    FUSED_TOLERANCE,
+    INPUT,
+    MEMBER_PROBABILITIES,
+    PROBABILITIES,
+)
 from server.runtime.manifest import (
     FINDINGS,
     Calibration,
@@ -49,14 +55,11 @@ from server.runtime.manifest import (
 )
 from server.runtime.repository import install_manifest
 
-WEIGHTS_INITIALIZER = "ensemble_weights"
-FP32_TOLERANCE = 1e-5
-FP16_TOLERANCE = 1e-2
 METHOD = (
     "weights: per finding, exhaustive search of non-negative weights on a simplex grid "
     "(step {step}) maximising the AUC of the weighted average (within 0.001 of the best, "
     "the lowest log-loss); stratified {folds}-fold "
-    "cross-validation compares the fit on held-out folds with the served, seed and equal "
+    "cross-validation compares the fit on held-out folds with the served, legacy and equal "
     "weights, and the best held-out weighting is served. thresholds: Youden's J "
     "(sensitivity + specificity - 1) on all labelled images under the served weights, "
     "halfway between the two scores around the optimum"
@@ -81,7 +84,7 @@ def plan(
     scores: Scores,
     labelled: LabelledSet,
     manifest: Manifest,
-    seed_weights: dict[str, list[float]] | None,
+    legacy_weights: dict[str, list[float]] | None,
     folds: int = 5,
     grid_step: float = 0.05,
     seed: int = 0,
@@ -90,8 +93,8 @@ def plan(
     previous = np.asarray(manifest.weights_normalised, np.float64)
     candidates = {"previous": previous}
     names = [mm.name for mm in manifest.members]
-    if seed_weights is not None and all(n in seed_weights for n in names):
-        candidates["seed"] = np.asarray(normalise_weights([seed_weights[n] for n in names]))
+    if legacy_weights is not None and all(n in legacy_weights for n in names):
+        candidates["legacy"] = np.asarray(normalise_weights([legacy_weights[n] for n in names]))
     candidates["equal"] = np.full((m, len(FINDINGS)), 1.0 / m)
 
     y, p = scores.labels, scores.member_probabilities
@@ -135,27 +138,8 @@ def plan(
     )
 
 
-def _reweighted(src: Path, dest: Path, weights: np.ndarray) -> None:
-    model = onnx.load(str(src))
-    for init in model.graph.initializer:
-        if init.name == WEIGHTS_INITIALIZER:
-            old = numpy_helper.to_array(init)
-            if old.shape != (1, *weights.shape):
-                raise RepositoryError(
-                    f"{src}: {WEIGHTS_INITIALIZER} is {list(old.shape)}, expected "
-                    f"{[1, *weights.shape]}"
-                )
-            init.CopyFrom(numpy_helper.from_array(weights[None].astype(old.dtype), init.name))
-            break
-    else:
-        raise RepositoryError(
-            f"{src}: no {WEIGHTS_INITIALIZER!r} initializer; rebuild with `chexray convert`"
-        )
-    write_atomic(dest, model.SerializeToString())
-
-
 def _run(path: Path, output: str, images: np.ndarray) -> np.ndarray:
-    return cpu_session(path).run([output], {"image": images})[0].astype(np.float64)
+    return cpu_session(path).run([output], {INPUT: images})[0].astype(np.float64)
 
 
 def apply(plan: Plan, directory: Path) -> Manifest:
@@ -167,19 +151,22 @@ def apply(plan: Plan, directory: Path) -> Manifest:
     tag = hashlib.sha256(old.fused.sha256.encode() + w.tobytes()).hexdigest()[:12]
     h, wd = (int(d) for d in old.input.shape[1:])
     images = random_images(4, h, wd, seed=99)
-    members = _run(directory / old.fused.file, "member_probabilities", images)
+    members = _run(directory / old.fused.file, MEMBER_PROBABILITIES, images)
     expected = np.einsum("nmf,mf->nf", members, w)
 
     graphs: dict[str, GraphFile] = {}
     for src, suffix, tolerance in (
-        (old.fused, ".onnx", FP32_TOLERANCE),
+        (old.fused, ".onnx", FUSED_TOLERANCE),
         (old.fused_fp16, ".fp16.onnx", FP16_TOLERANCE),
     ):
         if src is None:
             continue
         rel = f"ensemble-{tag}{suffix}"
-        _reweighted(directory / src.file, directory / rel, w)
-        diff = float(np.abs(_run(directory / rel, "probabilities", images) - expected).max())
+        try:
+            reweight(directory / src.file, directory / rel, w)
+        except ConversionError as exc:
+            raise RepositoryError(str(exc)) from None
+        diff = float(np.abs(_run(directory / rel, PROBABILITIES, images) - expected).max())
         if not diff <= tolerance:
             raise RepositoryError(f"{rel}: re-weighted graph is off by {diff:.2e}")
         against = "previous graph's members x new weights"
@@ -221,7 +208,7 @@ def _finding_calibration(finding: str, fit: FindingFit) -> FindingCalibration:
         negatives=fit.negatives,
         fitted=_fold(fit, "fitted"),
         previous=_fold(fit, "previous"),
-        seed=_fold(fit, "seed"),
+        legacy=_fold(fit, "legacy"),
         equal=_fold(fit, "equal"),
         weights_from=fit.weights_from,
     )
@@ -290,13 +277,13 @@ def calibration_markdown(r: CalibrationReport) -> str:
         "",
         "## Held-out AUC per weighting (mean ± sd over the folds)",
         "",
-        "| finding | pos/neg | served before | seed | equal | fitted | gain vs before | serves |",
+        "| finding | pos/neg | served before | legacy | equal | fitted | gain vs before | serves |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for f in r.findings:
         gain = f.fitted.mean - f.previous.mean
         lines.append(
-            f"| {f.finding} | {f.positives}/{f.negatives} | {_auc(f.previous)} | {_auc(f.seed)} "
+            f"| {f.finding} | {f.positives}/{f.negatives} | {_auc(f.previous)} | {_auc(f.legacy)} "
             f"| {_auc(f.equal)} | {_auc(f.fitted)} "
             f"| {'n/a' if not np.isfinite(gain) else f'{gain:+.3f}'} | {f.weights_from} |"
         )

@@ -13,7 +13,7 @@ import msgspec
 from evaluation.labels import POLICIES, LabelError, LabelledSet, parse_policy, read_labelled_csv
 from server.runtime.manifest import Manifest, RepositoryError
 from server.runtime.repository import verify_repository
-from server.settings import SettingsError
+from server.settings import Settings, SettingsError
 
 if TYPE_CHECKING:
     from evaluation.scoring import Scores
@@ -29,7 +29,7 @@ def _at_least(low: int):
     return parse
 
 
-def _common(p: argparse.ArgumentParser, default_model_dir: Path) -> None:
+def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--csv",
         type=Path,
@@ -58,18 +58,23 @@ def _common(p: argparse.ArgumentParser, default_model_dir: Path) -> None:
     p.add_argument(
         "--batch-size", type=_at_least(1), default=8, help="images per engine run (default 8)"
     )
-    p.add_argument("--model-dir", type=Path, default=default_model_dir)
+    p.add_argument(
+        "--model-dir",
+        type=Path,
+        help="model repository (default: the model_dir setting, CHEXRAY_MODEL_DIR, "
+        "else models_onnx)",
+    )
     p.add_argument("--out", type=Path, help="report folder (default: reports/<kind>-<version>)")
     p.add_argument("--no-figure", action="store_true", help="skip the ROC figure (no matplotlib)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def add_evaluate_arguments(p: argparse.ArgumentParser, default_model_dir: Path) -> None:
-    _common(p, default_model_dir)
+def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
+    _common(p)
 
 
-def add_calibrate_arguments(p: argparse.ArgumentParser, default_model_dir: Path) -> None:
-    _common(p, default_model_dir)
+def add_calibrate_arguments(p: argparse.ArgumentParser) -> None:
+    _common(p)
     p.add_argument(
         "--folds", type=_at_least(2), default=5, help="cross-validation folds (default 5)"
     )
@@ -98,17 +103,25 @@ def _labelled(args: argparse.Namespace) -> LabelledSet:
     )
 
 
-def _scores(args: argparse.Namespace, labelled: LabelledSet) -> tuple[Scores, Manifest]:
+def _settings(args: argparse.Namespace) -> Settings:
+    """The server's settings, `--model-dir` first; one session: offline scoring forms its
+    own batches and runs one at a time."""
+    if args.model_dir is None:
+        return Settings.from_env(instances=1)
+    return Settings.from_env(model_dir=args.model_dir, instances=1)
+
+
+def _scores(
+    args: argparse.Namespace, settings: Settings, labelled: LabelledSet
+) -> tuple[Scores, Manifest]:
     from evaluation.scoring import Scores, score
     from server.runtime.engine import Engine
-    from server.settings import Settings
 
     saved = getattr(args, "scores", None)
     if saved is not None:
-        manifest = verify_repository(args.model_dir)
+        manifest = verify_repository(settings.model_dir)
         return Scores.load(saved, manifest).relabelled(labelled, manifest), manifest
-    # One session: offline scoring forms its own batches and runs one at a time.
-    engine = Engine(Settings.from_env(model_dir=args.model_dir, instances=1))
+    engine = Engine(settings)
     print(
         f"Scoring {len(labelled.paths)} images with model {engine.manifest.version} on "
         f"{engine.provider} in batches of {args.batch_size}",
@@ -134,8 +147,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from evaluation.report import ENSEMBLE, evaluation_markdown, evaluation_report, roc_figure
 
     try:
+        settings = _settings(args)
         labelled = _labelled(args)
-        scores, manifest = _scores(args, labelled)
+        scores, manifest = _scores(args, settings, labelled)
     except (LabelError, RepositoryError, SettingsError, ValueError) as exc:
         print(f"chexray evaluate: {exc}")
         return 2
@@ -166,7 +180,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def run_calibrate(args: argparse.Namespace) -> int:
-    from convert.presets import SEED_WEIGHTS
+    from convert.presets import LEGACY_WEIGHTS
     from evaluation.calibrate import (
         apply,
         calibration_markdown,
@@ -176,11 +190,12 @@ def run_calibrate(args: argparse.Namespace) -> int:
     from evaluation.report import data_summary, roc_figure
 
     try:
+        settings = _settings(args)
         labelled = _labelled(args)
-        scores, manifest = _scores(args, labelled)
+        scores, manifest = _scores(args, settings, labelled)
         if not scores.paths:
             raise ValueError(f"none of the {len(labelled.paths)} images could be read")
-        p = plan(scores, labelled, manifest, SEED_WEIGHTS, args.folds, args.grid_step, args.seed)
+        p = plan(scores, labelled, manifest, LEGACY_WEIGHTS, args.folds, args.grid_step, args.seed)
     except (LabelError, RepositoryError, SettingsError, ValueError) as exc:
         print(f"chexray calibrate: {exc}")
         return 2
@@ -202,7 +217,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
     new_version = None
     if not args.dry_run:
         try:
-            new_version = apply(p, args.model_dir).version
+            new_version = apply(p, settings.model_dir).version
         except RepositoryError as exc:
             print(f"chexray calibrate: {exc}")
             return 2

@@ -3,8 +3,8 @@ turns uncertain labels into 0, 1 or "not counted".
 
 CheXpert marks each of 14 observations 1.0 (positive), 0.0 (negative), -1.0 (uncertain) or
 leaves it blank (not mentioned). Blanks count as negative. Uncertain labels follow the
-policy per finding; the default is Pham et al.'s and the seed's: U-Ones for Atelectasis and
-Edema, U-Zeros for the rest.
+policy per finding; the default is Pham et al.'s and the legacy application's: U-Ones for
+Atelectasis and Edema, U-Zeros for the rest.
 """
 
 from __future__ import annotations

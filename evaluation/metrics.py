@@ -179,8 +179,8 @@ def rates_at(labels: np.ndarray, scores: np.ndarray, threshold: float) -> Rates:
 
 
 CATEGORICAL_ACCURACY_DEFINITION = (
-    "Keras' categorical_accuracy, as the seed's training reported it: the share of images "
-    "whose highest-probability finding is the first positive finding in the label vector "
+    "Keras' categorical_accuracy, as the legacy application's training reported it: the share "
+    "of images whose highest-probability finding is the first positive finding in the label vector "
     "(an image with no positive finding counts as finding 1, Atelectasis). It ignores every "
     "other positive, so it is not a multi-label accuracy; per-finding accuracy at the "
     "thresholds is in the threshold table."

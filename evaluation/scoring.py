@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from evaluation.labels import LabelledSet
+from server.runtime.contract import MEMBER_PROBABILITIES, PROBABILITIES
 from server.runtime.decode import DecodeError
 from server.runtime.engine import Engine
 from server.runtime.manifest import FINDINGS, Manifest
@@ -171,8 +172,8 @@ def score(
             return
         out = engine.run_batch(np.stack([x for _, x in pending]))
         kept.extend(i for i, _ in pending)
-        member_out.append(out["member_probabilities"])
-        ensemble_out.append(out["probabilities"])
+        member_out.append(out[MEMBER_PROBABILITIES])
+        ensemble_out.append(out[PROBABILITIES])
         if bar:
             bar.update(len(pending))
         pending.clear()

@@ -6,7 +6,8 @@ training folds; among those within 0.001 of the best AUC, the one with the lowes
 is kept.
 An exhaustive grid needs no optimiser, is non-negative and normalised by construction, and
 is deterministic. Stratified K-fold cross-validation measures the fitted weights on each
-held-out fold beside the weights served now, the seed's hand-set matrix and equal weights;
+held-out fold beside the weights served now, the legacy application's hand-set matrix and
+equal weights;
 the weighting with the best held-out AUC is the one calibrate serves.
 """
 
@@ -67,7 +68,7 @@ def stratified_folds(labels: np.ndarray, folds: int, seed: int) -> np.ndarray:
 @dataclass(frozen=True)
 class FindingFit:
     weights: np.ndarray  # [M], normalised: what calibrate will serve for this finding
-    weights_from: str  # "fitted", "previous", "seed", "equal", or why nothing was fitted
+    weights_from: str  # "fitted", "previous", "legacy", "equal", or why nothing was fitted
     fitted: np.ndarray | None  # [M] fitted on all rows (None when there were too few labels)
     held_out: dict[str, tuple[float, float]]  # weighting -> (mean, sd) AUC over folds
     folds: int

@@ -1,18 +1,22 @@
 """Every knob of the server, read from CHEXRAY_* environment variables in one place.
 
 `Settings.from_env()` is the only reader of the environment; everything else receives a
-Settings (or the part of it that it needs) as an argument.
+Settings (or the part of it that it needs) as an argument. CHEXRAY_CONFIG may name a TOML
+file of settings (keys are the field names: `max_batch = 4`); a variable wins over the file.
 """
 
 from __future__ import annotations
 
 import os
+import tomllib
+import typing
 from pathlib import Path
 from typing import Literal
 
 import msgspec
 
 PREFIX = "CHEXRAY_"
+CONFIG = PREFIX + "CONFIG"
 
 
 def _decode_path(kind: type, value: object) -> object:
@@ -22,7 +26,35 @@ def _decode_path(kind: type, value: object) -> object:
 
 
 class SettingsError(Exception):
-    """An environment variable holds a value the server cannot use."""
+    """An environment variable or the settings file holds a value the server cannot use.
+
+    `setting` names the field, when one is at fault."""
+
+    def __init__(self, message: str, setting: str | None = None) -> None:
+        super().__init__(message)
+        self.setting = setting
+
+
+def _read_config(path: Path, fields: tuple[str, ...]) -> dict[str, object]:
+    """The settings in a TOML file; SettingsError naming the file (and key) otherwise."""
+    try:
+        with path.open("rb") as fh:
+            values = tomllib.load(fh)
+    except OSError as exc:
+        raise SettingsError(
+            f"{CONFIG}: cannot read the settings file {path}: {exc.strerror or exc}"
+        ) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"{path}: not a valid TOML settings file: {exc}") from None
+    for key in values:
+        if key not in fields:
+            hint = f"; did you mean {key.lower()}?" if key.lower() in fields else ""
+            raise SettingsError(
+                f"{path}: unknown setting {key!r}{hint} (keys are the lower-case names of the "
+                f"{PREFIX}* variables, e.g. max_batch)",
+                key,
+            )
+    return values
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
@@ -84,17 +116,18 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         )
         for name in positive:
             if getattr(self, name) < 1:
-                raise SettingsError(f"{PREFIX}{name.upper()} must be at least 1")
+                raise SettingsError(f"{PREFIX}{name.upper()} must be at least 1", name)
         if self.max_wait_ms < 0:
-            raise SettingsError(f"{PREFIX}MAX_WAIT_MS must be >= 0")
+            raise SettingsError(f"{PREFIX}MAX_WAIT_MS must be >= 0", "max_wait_ms")
         if not 0.0 <= self.heatmap_alpha <= 1.0:
-            raise SettingsError(f"{PREFIX}HEATMAP_ALPHA must be between 0 and 1")
+            raise SettingsError(f"{PREFIX}HEATMAP_ALPHA must be between 0 and 1", "heatmap_alpha")
         try:
             count, seconds = self.rate_limit
             assert count >= 1 and seconds > 0
         except (ValueError, AssertionError):
             raise SettingsError(
-                f"{PREFIX}AUTH_RATE_LIMIT must look like 10/60 (attempts per seconds)"
+                f"{PREFIX}AUTH_RATE_LIMIT must look like 10/60 (attempts per seconds)",
+                "auth_rate_limit",
             ) from None
 
     @property
@@ -117,21 +150,37 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: object) -> Settings:
-        """Read CHEXRAY_<FIELD> variables; lists are comma-separated ("1,8")."""
+        """Read CHEXRAY_<FIELD> variables over the TOML file that CHEXRAY_CONFIG names, if
+        any; `overrides` win over both. Lists in variables are comma-separated ("1,8")."""
         env = os.environ if environ is None else environ
+        fields = cls.__struct_fields__
         raw: dict[str, object] = {}
-        for name in cls.__struct_fields__:
+        config = Path(env[CONFIG]) if env.get(CONFIG) else None
+        if config is not None:
+            raw.update(_read_config(config, fields))
+        from_file = set(raw)
+        lists = {f.name for f in msgspec.structs.fields(cls) if typing.get_origin(f.type) is tuple}
+        for name in fields:
             value = env.get(PREFIX + name.upper())
             if value is None:
                 continue
             raw[name] = (
-                [v.strip() for v in value.split(",") if v.strip()]
-                if name.endswith("sizes")
-                else value
+                [v.strip() for v in value.split(",") if v.strip()] if name in lists else value
             )
+            from_file.discard(name)
         raw.update(overrides)
+        from_file -= set(overrides)
         try:
             return msgspec.convert(raw, cls, strict=False, dec_hook=_decode_path)
         except msgspec.ValidationError as exc:
             field = str(exc).rsplit("$.", 1)[-1].rstrip("`")
-            raise SettingsError(f"{PREFIX}{field.upper()}: {exc}") from None
+            name = field.split("[", 1)[0]
+            if name in from_file:
+                raise SettingsError(f"{config}: {name}: {exc}", name) from None
+            raise SettingsError(f"{PREFIX}{field.upper()}: {exc}", name) from None
+        except SettingsError as exc:
+            if exc.setting not in from_file:
+                raise
+            variable = PREFIX + exc.setting.upper()
+            message = str(exc).replace(variable, f"{config}: {exc.setting}", 1)
+            raise SettingsError(message, exc.setting) from None

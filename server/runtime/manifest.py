@@ -107,9 +107,18 @@ class FindingCalibration(msgspec.Struct, frozen=True):
     negatives: int
     fitted: FoldAUC  # weights fitted on the other folds
     previous: FoldAUC  # the weights served before this calibration
-    seed: FoldAUC  # the seed's hand-set matrix
+    # The legacy application's hand-set matrix; "seed" in the JSON, as manifests have it.
+    legacy: FoldAUC = msgspec.field(name="seed")
     equal: FoldAUC
-    weights_from: str  # "fitted", or why the previous weights were kept
+    # The weighting served: "fitted", "legacy" ("seed" in manifests written before it was
+    # renamed), "equal", "previous", or why the previous weights were kept.
+    weights_from: str
+
+    @property
+    def served(self) -> FoldAUC:
+        """The held-out AUC of the weighting this calibration served."""
+        name = "legacy" if self.weights_from == "seed" else self.weights_from
+        return getattr(self, name) if name in ("fitted", "legacy", "equal") else self.previous
 
 
 class Calibration(msgspec.Struct, frozen=True):

@@ -1,7 +1,7 @@
-"""What the seed ran, for comparison: five Keras models each `predict`ed per request, then
-the CAM DenseNet in PyTorch, in one process, one request at a time, no batching.
+"""What the legacy application ran, for comparison: five Keras models each `predict`ed per
+request, then the CAM DenseNet in PyTorch, in one process, one request at a time, no batching.
 
-    python bench/seed_baseline.py --port 8100
+    python bench/legacy_baseline.py --port 8100
 
 It answers POST /api/v1/predictions (PNG/JPEG body) with the five ensemble probabilities
 and the CAM maps, and GET /health/ready. Same architectures and input size as the default
@@ -32,13 +32,13 @@ def load():
 
     from convert.densenet import DenseNet
     from convert.keras_job import build_architecture
-    from convert.presets import SEED_WEIGHTS, get_preset
+    from convert.presets import LEGACY_WEIGHTS, get_preset
     from server.runtime.manifest import normalise_weights
 
     preset = get_preset("default")
     members = [(spec, build_architecture(keras, spec)) for spec in preset.members]
     cam = DenseNet().eval()
-    weights = np.asarray(normalise_weights([SEED_WEIGHTS[s.name] for s, _ in members]))
+    weights = np.asarray(normalise_weights([LEGACY_WEIGHTS[s.name] for s, _ in members]))
     indices = [
         preset.cam.class_map[f]
         for f in ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion")
@@ -52,7 +52,7 @@ def main() -> int:
     p.add_argument("--port", type=int, default=8100)
     args = p.parse_args()
     members, cam, weights, indices, torch = load()
-    lock = threading.Lock()  # the seed's models served one request at a time
+    lock = threading.Lock()  # its models served one request at a time
 
     def predict(body: bytes) -> dict:
         img = cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_COLOR)  # BGR, as cv2.imread
@@ -112,7 +112,7 @@ def main() -> int:
             pass
 
     predict(cv2.imencode(".png", np.zeros((64, 64), np.uint8))[1].tobytes())  # warm-up
-    print(f"seed baseline ready on {args.host}:{args.port}", flush=True)
+    print(f"legacy baseline ready on {args.host}:{args.port}", flush=True)
     ThreadingHTTPServer((args.host, args.port), Handler).serve_forever()
     return 0
 
