@@ -90,8 +90,5 @@ async def models(service: ServiceDep, settings: SettingsDep) -> ModelsOut:
 def _calibration(c: Calibration | None) -> CalibrationInfo | None:
     if c is None:
         return None
-    held_out = {}
-    for f in c.findings:
-        served = f.weights_from if f.weights_from in ("fitted", "seed", "equal") else "previous"
-        held_out[f.finding] = getattr(f, served).mean
+    held_out = {f.finding: f.served.mean for f in c.findings}
     return CalibrationInfo(c.created, Path(c.data).name, c.images, c.previous_version, held_out)
