@@ -89,6 +89,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     use.add_argument("version")
     use.add_argument("--dir", type=Path, default=None)
+    precision = msub.add_parser(
+        "check-precision",
+        help="compare every backend and precision this machine can serve with fp32 and "
+        "record the results in the manifest (the server refuses one that failed)",
+    )
+    precision.add_argument("--dir", type=Path, default=None)
+    precision.add_argument(
+        "--images",
+        type=Path,
+        default=None,
+        help="a folder of your own X-rays (PNG, JPEG, DICOM; e.g. evaluate's images) to "
+        "check on besides the generated set",
+    )
+    precision.add_argument("--max-images", type=int, default=200)
     return parser
 
 
@@ -169,6 +183,36 @@ def _models_use(args: argparse.Namespace) -> int:
     return 0
 
 
+def _models_check_precision(args: argparse.Namespace) -> int:
+    from server.runtime.manifest import RepositoryError
+    from server.runtime.precision import check_all, load_images
+    from server.runtime.repository import verify_repository
+
+    settings = Settings.from_env()
+    directory = _model_dir(args.dir)
+    try:
+        manifest = verify_repository(directory)
+        extra = None
+        if args.images is not None:
+            extra = load_images(args.images, manifest, settings, args.max_images)
+            print(f"{len(extra)} of your images from {args.images}")
+        manifest = check_all(directory, manifest, settings, extra)
+    except (RepositoryError, OSError, ValueError) as exc:
+        print(f"chexray models check-precision: error: {exc}")
+        return 2
+    if not manifest.precision_checks:
+        print("Nothing to check: this machine serves onnxruntime fp32 only (the reference).")
+        return 0
+    for p in manifest.precision_checks.values():
+        print(
+            f"{p.label:<24} {'passed' if p.passed else 'FAILED':<7} max |diff| "
+            f"{max(p.max_abs_diff):.1e} (<= {p.tolerance:.0e}), {p.calls_differ} call(s) differ "
+            f"({p.calls_differ_outside_margin} outside the margin), {p.images} images, "
+            f"{p.seconds_per_image * 1e3:.0f} ms/image"
+        )
+    return 0 if all(p.passed for p in manifest.precision_checks.values()) else 1
+
+
 HANDLERS: dict[str, Handler] = {
     "convert": _convert,
     "serve": _serve,
@@ -177,6 +221,7 @@ HANDLERS: dict[str, Handler] = {
     "models check": _models_check,
     "models versions": _models_versions,
     "models use": _models_use,
+    "models check-precision": _models_check_precision,
 }
 
 

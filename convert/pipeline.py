@@ -10,6 +10,7 @@ import contextlib
 import datetime as dt
 import hashlib
 import importlib.metadata
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -49,7 +50,9 @@ from server.runtime.manifest import (
     normalise_weights,
     sha256_file,
 )
+from server.runtime.precision import check_all
 from server.runtime.repository import current_manifest, install_manifest
+from server.settings import Settings
 
 Log = Callable[[str], None]
 
@@ -187,7 +190,8 @@ def convert_repository(
     normalised = normalise_weights(matrix)
     fused = _fused_graph(b, members, cam, normalised)
     fused16 = _fp16_graph(b, fused) if fp16 else None
-    return _install(b, members, cam, matrix, normalised, fused, fused16)
+    manifest = _install(b, members, cam, matrix, normalised, fused, fused16)
+    return _precision_checks(b, manifest)
 
 
 class _Entry(Protocol):
@@ -487,6 +491,25 @@ def _install(
     elapsed = time.perf_counter() - b.started
     b.log(f"Wrote {b.out / MANIFEST_NAME}: version {version} in {elapsed:.1f} s")
     return manifest
+
+
+def _precision_checks(b: _Build, manifest: Manifest) -> Manifest:
+    """Compare every other backend and precision this machine can serve with fp32 and
+    record the results, so that the server starts without checking them itself."""
+    with tempfile.TemporaryDirectory(prefix="chexray-check-") as tmp:
+        settings = Settings(model_dir=b.out, data_dir=Path(tmp), optimized_cache=False)
+        t = time.perf_counter()
+        checked = check_all(b.out, manifest, settings, only_missing=True)
+    for label, check in checked.precision_checks.items():
+        if label not in manifest.precision_checks:
+            b.log(
+                f"Precision {label}: {'passed' if check.passed else 'FAILED'} against fp32 "
+                f"(max |diff| {max(check.max_abs_diff):.1e}, {check.calls_differ} call(s) "
+                f"differ, {check.calls_differ_outside_margin} outside the margin)"
+            )
+    if checked is not manifest:
+        b.log(f"Precision checks in {time.perf_counter() - t:.1f} s")
+    return checked
 
 
 def _jobs(

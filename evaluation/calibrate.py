@@ -53,7 +53,9 @@ from server.runtime.manifest import (
     model_version,
     normalise_weights,
 )
+from server.runtime.precision import check_all
 from server.runtime.repository import install_manifest
+from server.settings import Settings
 
 METHOD = (
     "weights: per finding, exhaustive search of non-negative weights on a simplex grid "
@@ -142,7 +144,7 @@ def _run(path: Path, output: str, images: np.ndarray) -> np.ndarray:
     return cpu_session(path).run([output], {INPUT: images})[0].astype(np.float64)
 
 
-def apply(plan: Plan, directory: Path) -> Manifest:
+def apply(plan: Plan, directory: Path, settings: Settings) -> Manifest:
     """Write the re-weighted graphs, check each against the previous graph's member outputs
     times the new weights, and install the new manifest; returns it."""
     directory = Path(directory)
@@ -191,9 +193,13 @@ def apply(plan: Plan, directory: Path) -> Manifest:
         fused=fused,
         fused_fp16=fused16,
         calibration=c,
+        # The int8 graph carries the old weights (rebuild it with convert); the precision
+        # checks were of the old graphs: the new ones are checked below.
+        fused_int8=None,
+        precision_checks={},
     )
     install_manifest(directory, manifest)
-    return manifest
+    return check_all(directory, manifest, settings, only_missing=True)
 
 
 def _fold(fit: FindingFit, name: str) -> FoldAUC:

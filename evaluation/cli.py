@@ -217,7 +217,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
     new_version = None
     if not args.dry_run:
         try:
-            new_version = apply(p, settings.model_dir).version
+            new_version = apply(p, settings.model_dir, settings).version
         except RepositoryError as exc:
             print(f"chexray calibrate: {exc}")
             return 2

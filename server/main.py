@@ -6,7 +6,9 @@ import logging
 import subprocess
 import sys
 
+from server.runtime.backends import ChoiceError, choose
 from server.runtime.manifest import MANIFEST_NAME, RepositoryError
+from server.runtime.precision import refusal
 from server.runtime.repository import verify_repository
 from server.settings import Settings, SettingsError
 
@@ -40,8 +42,13 @@ def serve(overrides: dict[str, object], preset: str = "default", build: bool = T
             return 2
     try:
         manifest = verify_repository(settings.model_dir)
-    except RepositoryError as exc:
+        choice = choose(settings, manifest)
+    except (RepositoryError, ChoiceError) as exc:
         print(f"chexray serve: {exc}")
+        return 2
+    check = manifest.precision_checks.get(choice.label)
+    if check is not None and not check.passed:
+        print(f"chexray serve: {refusal(check)}")
         return 2
 
     import uvicorn

@@ -84,7 +84,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     instances: int = 1  # sessions running batches side by side (useful on a GPU)
     warmup_batch_sizes: tuple[int, ...] = (1, 2)
 
-    # onnxruntime.
+    # What runs the fused graph (server/runtime/backends.py): auto = CUDA fp16 where a GPU
+    # is, else OpenVINO bf16 where the CPU has native bf16, else fp32. int8 only when asked.
+    backend: Literal["auto", "onnxruntime", "openvino"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16", "int8"] = "auto"
+
+    # onnxruntime (intra_op_threads also sets OpenVINO's thread count when > 0).
     provider: Literal["auto", "cuda", "cpu"] = "auto"
     intra_op_threads: int = 0
     allow_spinning: bool = False
@@ -99,7 +104,6 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     gpu_mem_limit: int = 6 * 1024**3
     arena_extend_strategy: Literal["kNextPowerOfTwo", "kSameAsRequested"] = "kSameAsRequested"
     cudnn_conv_algo_search: Literal["EXHAUSTIVE", "HEURISTIC", "DEFAULT"] = "HEURISTIC"
-    fp16_on_gpu: bool = True
 
     # Heatmaps.
     heatmap_alpha: float = 0.45

@@ -9,8 +9,14 @@ from litestar.datastructures import State
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from server.api.deps import ServiceDep, SettingsDep
-from server.api.schemas import CalibrationInfo, Health, MemberInfo, ModelsOut
-from server.service import FINDINGS, Calibration
+from server.api.schemas import (
+    CalibrationInfo,
+    Health,
+    MemberInfo,
+    ModelsOut,
+    PrecisionCheckInfo,
+)
+from server.service import FINDINGS, Calibration, PrecisionCheck
 
 
 @get("/health/live", tags=["operations"])
@@ -37,7 +43,8 @@ async def metrics(state: State) -> Response[bytes]:
 @get("/api/v1/models", tags=["models"])
 async def models(service: ServiceDep, settings: SettingsDep) -> ModelsOut:
     """What is being served: members, sizes, trained or not, weights, thresholds, version."""
-    m, provider = service.serving()
+    serving = service.serving()
+    m = serving.manifest
     directory = settings.model_dir
 
     def size(rel: str) -> int:
@@ -73,7 +80,10 @@ async def models(service: ServiceDep, settings: SettingsDep) -> ModelsOut:
         version=m.version,
         preset=m.preset,
         trained=m.trained,
-        provider=provider,
+        provider=serving.provider,
+        backend=serving.backend,
+        precision=serving.precision,
+        served_file=serving.graph_file,
         findings=list(FINDINGS),
         thresholds=dict(zip(FINDINGS, m.thresholds.values, strict=True)),
         thresholds_source=m.thresholds.source,
@@ -84,6 +94,24 @@ async def models(service: ServiceDep, settings: SettingsDep) -> ModelsOut:
         max_batch=settings.max_batch,
         max_wait_ms=settings.max_wait_ms,
         calibration=_calibration(m.calibration),
+        precision_check=_precision_check(serving.precision_check),
+    )
+
+
+def _precision_check(p: PrecisionCheck | None) -> PrecisionCheckInfo | None:
+    if p is None:
+        return None
+    return PrecisionCheckInfo(
+        p.passed,
+        p.images,
+        p.check_set,
+        dict(zip(FINDINGS, p.max_abs_diff, strict=True)),
+        p.calls_differ,
+        p.calls_differ_outside_margin,
+        p.tolerance,
+        p.margin,
+        p.created,
+        p.machine,
     )
 
 

@@ -58,6 +58,8 @@ def study_out(request: Request, r: Result, analysis: Analysis | None = None) -> 
         image_png_base64=_b64(analysis.image_png) if analysis else None,
         cam_maps=r.cam_maps,
         warnings=r.warnings,
+        backend=r.backend,
+        precision=r.precision,
     )
 
 

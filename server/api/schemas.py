@@ -134,6 +134,10 @@ class StudyOut(msgspec.Struct):
     # for drawing heatmaps client-side at any opacity.
     cam_maps: list[list[list[float]]] = []
     warnings: list[str] = []
+    # Which backend, device and precision answered (e.g. openvino-cpu-bf16, bf16); null for
+    # studies stored before this was recorded.
+    backend: str | None = None
+    precision: str | None = None
 
 
 class StudySummary(msgspec.Struct):
@@ -177,11 +181,29 @@ class CalibrationInfo(msgspec.Struct):
     held_out_auc: dict[str, float]  # per finding, the served weighting's cross-validated AUC
 
 
+class PrecisionCheckInfo(msgspec.Struct):
+    """The served precision compared with onnxruntime fp32 on the check set."""
+
+    passed: bool
+    images: int
+    check_set: str
+    max_abs_diff: dict[str, float]  # per finding
+    calls_differ: int
+    calls_differ_outside_margin: int
+    tolerance: float
+    margin: float
+    created: str
+    machine: str
+
+
 class ModelsOut(msgspec.Struct):
     version: str
     preset: str
     trained: bool
     provider: str
+    backend: str  # onnxruntime or openvino
+    precision: str  # fp32, bf16, fp16 or int8
+    served_file: str  # the graph file the backend runs
     findings: list[str]
     thresholds: dict[str, float]
     thresholds_source: str
@@ -192,6 +214,7 @@ class ModelsOut(msgspec.Struct):
     max_batch: int
     max_wait_ms: float
     calibration: CalibrationInfo | None = None
+    precision_check: PrecisionCheckInfo | None = None  # None for onnxruntime fp32 itself
 
 
 class Health(msgspec.Struct, omit_defaults=True):

@@ -30,6 +30,10 @@ WEIGHTS_INITIALIZER = "ensemble_weights"
 MEMBER_TOLERANCE = 1e-5  # an exported network vs its source framework (Keras, torch)
 FUSED_TOLERANCE = 1e-5  # the fused graph vs its networks run separately; a re-weighting
 FP16_TOLERANCE = 1e-2  # a float16 graph vs its float32 original
+# A served precision (bf16, fp16, int8; OpenVINO fp32) vs onnxruntime fp32 on the check set;
+# present/absent calls must agree except where fp32 lies within CALL_MARGIN of a threshold.
+PRECISION_TOLERANCE = 1e-2
+CALL_MARGIN = 1e-2
 
 
 def input_spec(height: int, width: int) -> TensorSpec:

@@ -20,13 +20,14 @@ from prometheus_client import CollectorRegistry, Gauge
 
 from server.errors import ChexrayError
 from server.runtime import contract
+from server.runtime.backends import choose, open_backend
 from server.runtime.batcher import DynamicBatcher
 from server.runtime.decode import DecodedImage, decode
 from server.runtime.manifest import FINDINGS, Manifest
 from server.runtime.metrics import EngineMetrics
+from server.runtime.precision import gate
 from server.runtime.preprocess import resize_for_model
 from server.runtime.repository import verify_repository
-from server.runtime.session import open_session
 from server.settings import Settings
 
 log = logging.getLogger("chexray.runtime")
@@ -54,6 +55,8 @@ class Prediction:
     trained: bool
     image: DecodedImage
     timings: Timings
+    backend: str  # which backend, device and precision answered: openvino-cpu-bf16
+    precision: str
 
     @property
     def findings(self) -> tuple[str, ...]:
@@ -73,32 +76,35 @@ class Engine:
         self.manifest: Manifest = manifest or verify_repository(settings.model_dir)
         self.metrics = EngineMetrics("ensemble", registry)
         self.input_size = contract.check_contract(self.manifest)
-        self._input = self.manifest.input.name
-        self._outputs = [o.name for o in self.manifest.outputs]
-        self.sessions = [
-            open_session(
-                self.manifest,
-                settings.model_dir,
-                settings,
-                settings.ort_cache_dir if settings.optimized_cache else None,
-            )
+        self.choice = choose(settings, self.manifest)
+        # Refuses (PrecisionRefused) a precision whose check against fp32 failed.
+        self.precision_check = gate(self.choice, self.manifest, settings.model_dir, settings)
+        self.backends = [
+            open_backend(self.choice, self.manifest, settings.model_dir, settings)
             for _ in range(settings.instances)
         ]
-        self.provider = self.sessions[0].get_providers()[0]
+        self.provider = self.backends[0].provider
         log.info(
-            "engine: model %s, %d instance(s) on %s, batches of up to %d within %.1f ms",
+            "engine: model %s, %d instance(s) of %s on %s, batches of up to %d within %.1f ms",
             self.manifest.version,
             settings.instances,
+            self.choice.label,
             self.provider,
             settings.max_batch,
             settings.max_wait_ms,
         )
         Gauge(
             "chexray_model_info",
-            "The model being served",
-            ["version", "provider", "trained"],
+            "The model being served, and which backend and precision answer",
+            ["version", "provider", "trained", "backend", "precision"],
             registry=self.metrics.registry,
-        ).labels(self.manifest.version, self.provider, str(self.manifest.trained).lower()).set(1)
+        ).labels(
+            self.manifest.version,
+            self.provider,
+            str(self.manifest.trained).lower(),
+            self.choice.backend,
+            self.choice.precision,
+        ).set(1)
         self.batcher = DynamicBatcher(
             self._run_batch,
             max_batch=settings.max_batch,
@@ -119,7 +125,7 @@ class Engine:
             {min(n, self.settings.max_batch) for n in self.settings.warmup_batch_sizes}
         ):
             batch = np.zeros((n, *self.input_size), np.uint8)
-            for i in range(len(self.sessions)):
+            for i in range(len(self.backends)):
                 t = time.perf_counter()
                 await loop.run_in_executor(None, self._run_batch, i, batch)
                 log.info(
@@ -144,8 +150,7 @@ class Engine:
     # -- work ------------------------------------------------------------------------------
 
     def _run_batch(self, instance: int, batch: np.ndarray) -> dict[str, np.ndarray]:
-        outputs = self.sessions[instance].run(self._outputs, {self._input: batch})
-        return dict(zip(self._outputs, outputs, strict=True))
+        return self.backends[instance].run(batch)
 
     def run_batch(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """One fused-graph run on a prepared [N, H, W] uint8 batch, outside the batcher:
@@ -193,6 +198,8 @@ class Engine:
                 compute_ms=result.compute_s * 1e3,
                 batch_size=result.batch_size,
             ),
+            backend=self.choice.label,
+            precision=self.choice.precision,
         )
 
     async def _run_cpu(self, fn: Callable[..., T], *args: object) -> T:

@@ -82,10 +82,30 @@ class Thresholds(msgspec.Struct, frozen=True):
 class GraphFile(msgspec.Struct, frozen=True):
     file: str
     sha256: str
-    dtype: Literal["float32", "float16"]
+    dtype: Literal["float32", "float16", "int8"]
     parity: Parity
     size_bytes: int
     build_key: str
+
+
+class PrecisionCheck(msgspec.Struct, frozen=True):
+    """One backend and precision compared with onnxruntime fp32 on a fixed check set.
+
+    Passed: every probability within `tolerance`, and every present/absent call the same
+    except where fp32's probability lies within `margin` of the threshold."""
+
+    label: str  # backend-device-precision, e.g. openvino-cpu-bf16
+    created: str
+    machine: str  # the CPU (or GPU) it was measured on
+    check_set: str  # what the images were
+    images: int
+    max_abs_diff: list[float]  # per finding, FINDINGS order
+    calls_differ: int  # image x finding pairs whose call differs from fp32's
+    calls_differ_outside_margin: int  # ... where fp32 is farther than `margin` from it
+    tolerance: float
+    margin: float
+    passed: bool
+    seconds_per_image: float  # at the check's batch size: a rough speed, for the record
 
 
 class TensorSpec(msgspec.Struct, frozen=True):
@@ -152,6 +172,8 @@ class Manifest(msgspec.Struct, frozen=True):
     opset: int
     versions: dict[str, str]
     calibration: Calibration | None = None
+    fused_int8: GraphFile | None = None  # opt-in: `chexray convert --int8-calibration DIR`
+    precision_checks: dict[str, PrecisionCheck] = {}  # by PrecisionCheck.label
 
     @property
     def trained(self) -> bool:
@@ -195,7 +217,11 @@ def model_version(
 
 
 def graph_file(
-    directory: Path, rel: str, dtype: Literal["float32", "float16"], parity: Parity, build_key: str
+    directory: Path,
+    rel: str,
+    dtype: Literal["float32", "float16", "int8"],
+    parity: Parity,
+    build_key: str,
 ) -> GraphFile:
     """The manifest's entry for a graph file written at `directory / rel`."""
     path = Path(directory) / rel

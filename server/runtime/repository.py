@@ -22,8 +22,9 @@ def repository_files(manifest: Manifest) -> list[tuple[str, str]]:
     files = [(m.file, m.sha256) for m in manifest.members]
     files.append((manifest.cam.file, manifest.cam.sha256))
     files.append((manifest.fused.file, manifest.fused.sha256))
-    if manifest.fused_fp16 is not None:
-        files.append((manifest.fused_fp16.file, manifest.fused_fp16.sha256))
+    for graph in (manifest.fused_fp16, manifest.fused_int8):
+        if graph is not None:
+            files.append((graph.file, graph.sha256))
     return files
 
 
@@ -142,7 +143,7 @@ def describe(manifest: Manifest, directory: Path) -> str:
         f"  {c.name:<22}{c.architecture:<20}{f'{h}x{w}':>9}  {'yes' if c.trained else 'NO':<8}"
         f"{_mb(directory / c.file):>10}  {c.parity.max_abs_diff:.1e} vs {c.parity.against}"
     )
-    for g in (manifest.fused, manifest.fused_fp16):
+    for g in (manifest.fused, manifest.fused_fp16, manifest.fused_int8):
         if g is None:
             continue
         lines.append(
@@ -161,5 +162,12 @@ def describe(manifest: Manifest, directory: Path) -> str:
         lines.append(
             f"  calibrated {c.created} on {c.data} ({c.images} images, {c.folds}-fold CV), "
             f"previous version {c.previous_version}"
+        )
+    for p in manifest.precision_checks.values():
+        lines.append(
+            f"  precision {p.label}: {'passed' if p.passed else 'FAILED'} - max |diff| "
+            f"{max(p.max_abs_diff):.1e} (<= {p.tolerance:.0e}), {p.calls_differ} call(s) "
+            f"differ ({p.calls_differ_outside_margin} outside the margin) on {p.images} images"
+            f" ({p.check_set}), {p.created[:10]}"
         )
     return "\n".join(lines)

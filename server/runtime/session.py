@@ -1,4 +1,4 @@
-"""onnxruntime sessions for the fused graph: CUDA where it exists, the CPU otherwise."""
+"""The onnxruntime backend: sessions of the fused graph on CUDA or the CPU."""
 
 from __future__ import annotations
 
@@ -12,39 +12,54 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from server.runtime.manifest import GraphFile, Manifest
 
 if TYPE_CHECKING:
+    from server.runtime.backends import Choice
     from server.settings import Settings
 
 log = logging.getLogger("chexray.runtime")
 
 
-def _cuda_available() -> bool:
-    import onnxruntime as ort
+class OnnxRuntimeBackend:
+    """The fused graph in an onnxruntime InferenceSession: CUDA or the CPU."""
 
-    return "CUDAExecutionProvider" in ort.get_available_providers()
+    def __init__(
+        self,
+        choice: Choice,
+        directory: Path,
+        graph: GraphFile,
+        manifest: Manifest,
+        outputs: list[str],
+        config: Settings,
+    ) -> None:
+        self.choice = choice
+        self._input = manifest.input.name
+        self._outputs = outputs
+        cache = config.ort_cache_dir if config.optimized_cache else None
+        self.session = open_session(graph, directory, config, choice.device == "cuda", cache)
+        self.provider: str = self.session.get_providers()[0]
+
+    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        values = self.session.run(self._outputs, {self._input: batch})
+        return dict(zip(self._outputs, values, strict=True))
 
 
 def open_session(
-    manifest: Manifest, directory: Path, config: Settings, cache_dir: Path | None = None
+    graph: GraphFile,
+    directory: Path,
+    config: Settings,
+    use_cuda: bool,
+    cache_dir: Path | None = None,
 ):
-    """One InferenceSession of the fused graph (fp16 on CUDA when the manifest has it).
+    """One InferenceSession of a fused graph file.
 
     Spin-waiting threads (off by default) burn the cores the event loop and decoding need
     between runs; without the CPU memory arena (off by default) RSS stays lower at no
     measurable cost for this graph."""
     import onnxruntime as ort
-
-    use_cuda = config.provider == "cuda" or (config.provider == "auto" and _cuda_available())
-    if config.provider == "cuda" and not _cuda_available():
-        raise RuntimeError(
-            "CHEXRAY provider 'cuda' asked for, but onnxruntime has no CUDA provider: "
-            "install the gpu extra (onnxruntime-gpu) and check the CUDA/cuDNN libraries"
-        )
-    graph: GraphFile = manifest.fused
-    if use_cuda and config.fp16_on_gpu and manifest.fused_fp16 is not None:
-        graph = manifest.fused_fp16
 
     level = config.graph_optimization
     path = Path(directory) / graph.file

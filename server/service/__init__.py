@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
 
 from server.cam.renderer import Renderer
+from server.runtime.backends import graph_for
 from server.runtime.engine import Engine
 from server.runtime.findings import FINDINGS, finding_for, present, slug
-from server.runtime.manifest import Calibration, Manifest
+from server.runtime.manifest import Calibration, Manifest, PrecisionCheck
 from server.runtime.state import EngineState
 from server.service.accounts import Accounts, Principal
 from server.service.predictions import AnalyseOptions, Analysis, Predictions, heatmap_file
@@ -32,9 +34,11 @@ __all__ = [
     "Calibration",
     "ImageMeta",
     "Manifest",
+    "PrecisionCheck",
     "Principal",
     "Result",
     "Service",
+    "Serving",
     "User",
     "finding_for",
     "heatmap_file",
@@ -85,7 +89,25 @@ class Service:
         """Each check and whether it passed, and why the models failed, if they did."""
         return {**self.engines.checks(), "database": await self.store.ping()}, self.engines.error
 
-    def serving(self) -> tuple[Manifest, str]:
-        """The manifest being served and the provider that runs it."""
-        engine = self.engines.require()
-        return engine.manifest, engine.provider
+    def serving(self) -> Serving:
+        """What is being served, and by what."""
+        e = self.engines.require()
+        graph = graph_for(e.manifest, e.choice)
+        return Serving(
+            e.manifest,
+            e.provider,
+            e.choice.backend,
+            e.choice.precision,
+            graph.file,
+            e.precision_check,
+        )
+
+
+@dataclass(frozen=True)
+class Serving:
+    manifest: Manifest
+    provider: str
+    backend: str
+    precision: str
+    graph_file: str
+    precision_check: PrecisionCheck | None

@@ -45,6 +45,8 @@ class Result:
     cam_maps: list  # [finding][row][col], raw maps rounded to 1e-6
     image: ImageMeta
     timings: dict[str, float | int | None]  # decode/preprocess/queue/compute ms, batch_size
+    backend: str | None  # backend-device-precision that answered (None: not recorded)
+    precision: str | None
 
     @property
     def stored(self) -> bool:
@@ -90,6 +92,8 @@ def result_from_prediction(
             "compute_ms": t.compute_ms,
             "batch_size": t.batch_size,
         },
+        backend=p.backend,
+        precision=p.precision,
     )
 
 
@@ -108,6 +112,8 @@ _SAME = (
     "member_probabilities",
     "cam_maps",
     "timings",
+    "backend",
+    "precision",
 )
 
 

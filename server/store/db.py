@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sqlalchemy import event, text
+from sqlalchemy import event, inspect, text
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel, create_engine
 
@@ -39,7 +39,20 @@ class Database:
         self.engine = make_engine(url)
 
     def create_all(self) -> None:
+        """Create missing tables, and add nullable columns that newer versions of a table
+        have to an older database (no data is changed)."""
         SQLModel.metadata.create_all(self.engine)
+        existing = inspect(self.engine)
+        with self.engine.begin() as conn:
+            for table in SQLModel.metadata.sorted_tables:
+                have = {c["name"] for c in existing.get_columns(table.name)}
+                for column in table.columns:
+                    if column.name in have or not column.nullable:
+                        continue
+                    kind = column.type.compile(dialect=self.engine.dialect)
+                    conn.execute(
+                        text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}')
+                    )
 
     def session(self) -> Session:
         return Session(self.engine, expire_on_commit=False)

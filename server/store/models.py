@@ -66,3 +66,7 @@ class Study(SQLModel, table=True):
     bit_depth: int
     notes: list[str] = Field(sa_column=Column(JSON, nullable=False))
     timings: dict = Field(sa_column=Column(JSON, nullable=False))
+    # What answered (e.g. openvino-cpu-bf16, bf16); None for studies stored before it was
+    # recorded. Nullable columns added later are added to older databases at start-up.
+    backend: str | None = Field(default=None, max_length=32)
+    precision: str | None = Field(default=None, max_length=8)
