@@ -33,7 +33,7 @@ def tiny_copy(tiny_repo: Path, tmp_path: Path) -> Path:
 def make_keras_files(mode: str, out: Path) -> Path:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT)}
     subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "make_keras_files.py"), mode, str(out)],
+        [sys.executable, str(ROOT / "tests" / "support" / "make_keras_files.py"), mode, str(out)],
         check=True,
         env=env,
         capture_output=True,

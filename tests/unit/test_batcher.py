@@ -12,7 +12,7 @@ import pytest
 from server.runtime.batcher import DynamicBatcher, Overloaded
 from server.runtime.engine import Engine
 from server.settings import Settings
-from tests.images import anatomy, png
+from tests.support.images import anatomy, png
 
 
 def engine_for(repo: Path, **settings) -> Engine:

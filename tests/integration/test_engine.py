@@ -15,7 +15,7 @@ from server.runtime.decode import DecodeError
 from server.runtime.engine import Engine
 from server.runtime.manifest import FINDINGS
 from server.settings import Settings, SettingsError
-from tests.images import anatomy, dicom, png
+from tests.support.images import anatomy, dicom, png
 
 
 @pytest.fixture(scope="module")

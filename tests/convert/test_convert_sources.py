@@ -16,7 +16,7 @@ from convert.pipeline import convert_repository
 from convert.reference import preprocess, random_images
 from server.runtime.manifest import load_manifest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def member_output(repo: Path, name: str) -> np.ndarray:

@@ -1,5 +1,5 @@
 """`chexray evaluate` and `chexray calibrate` end to end, on a generated labelled set whose
-labels drive the images (tests/labelled_set.py), with a tiny repository holding one member
+labels drive the images (tests/support/labelled_set.py), with a tiny repository holding one member
 that is informative by construction and one confident distractor (the rest random)."""
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ import pytest
 from chexray.cli import main
 from server.runtime.manifest import FINDINGS, load_manifest
 from server.runtime.repository import verify_repository
-from tests.api import post_image
 from tests.conftest import make_keras_files
-from tests.labelled_set import write_chexpert_set
-from tests.server_process import running_server
+from tests.support.api import post_image
+from tests.support.labelled_set import write_chexpert_set
+from tests.support.server_process import running_server
 
 INFORMATIVE, DISTRACTOR = "densenet121", "xception"
 
