@@ -1,24 +1,26 @@
-"""Shared fixtures: the tiny model repository, built once per test session."""
+"""What every layer shares: a throwaway PostgreSQL server, a fresh database of each kind,
+and the tiny model repository built in code (tests/support/tiny_repo.py) for the
+integration and e2e layers. The converter's own repository is tests/convert's."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.support.server_process import free_port
 
 
 @pytest.fixture(scope="session")
 def tiny_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from convert.pipeline import convert_repository
+    """The tiny model repository, made with onnx alone (no TensorFlow, no torch)."""
+    from tests.support.tiny_repo import build_tiny_repo
 
     out = tmp_path_factory.mktemp("tiny_repo")
-    convert_repository("tiny", out, log=lambda _: None)
+    build_tiny_repo(out)
     return out
 
 
@@ -30,41 +32,12 @@ def tiny_copy(tiny_repo: Path, tmp_path: Path) -> Path:
     return out
 
 
-def make_keras_files(mode: str, out: Path) -> Path:
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT)}
-    subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "support" / "make_keras_files.py"), mode, str(out)],
-        check=True,
-        env=env,
-        capture_output=True,
-    )
-    return out
-
-
-@pytest.fixture(scope="session")
-def keras3_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_keras_files("keras3", tmp_path_factory.mktemp("keras3"))
-
-
-@pytest.fixture(scope="session")
-def legacy_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_keras_files("legacy", tmp_path_factory.mktemp("legacy"))
-
-
 def _pg_bin(name: str) -> str | None:
     found = shutil.which(name)
     if found:
         return found
     candidates = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"))
     return str(candidates[-1]) if candidates else None
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

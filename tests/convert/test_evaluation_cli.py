@@ -15,7 +15,6 @@ import pytest
 from chexray.cli import main
 from server.runtime.manifest import FINDINGS, load_manifest
 from server.runtime.repository import verify_repository
-from tests.conftest import make_keras_files
 from tests.support.api import post_image
 from tests.support.labelled_set import write_chexpert_set
 from tests.support.server_process import running_server
@@ -24,12 +23,11 @@ INFORMATIVE, DISTRACTOR = "densenet121", "xception"
 
 
 @pytest.fixture(scope="module")
-def informative_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def informative_repo(tmp_path_factory: pytest.TempPathFactory, informative_files: Path) -> Path:
     from convert.pipeline import convert_repository
 
-    weights = make_keras_files("informative", tmp_path_factory.mktemp("informative"))
     out = tmp_path_factory.mktemp("informative_repo")
-    convert_repository("tiny", out, weights_dir=weights, log=lambda _: None)
+    convert_repository("tiny", out, weights_dir=informative_files, log=lambda _: None)
     return out
 
 
