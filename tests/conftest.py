@@ -1,6 +1,12 @@
-"""What every layer shares: a throwaway PostgreSQL server, a fresh database of each kind,
-and the tiny model repository built in code (tests/support/tiny_repo.py) for the
-integration and e2e layers. The converter's own repository is tests/convert's."""
+"""What every layer shares: the framework block, the layer markers, a throwaway PostgreSQL
+server, a fresh database of each kind, and the tiny model repository built in code
+(tests/support/tiny_repo.py) for the integration and e2e layers. The converter's own
+repository is tests/convert's.
+
+CHEXRAY_TEST_NO_FRAMEWORKS=1 (`make test-fast`) makes tensorflow, torch, keras, tf_keras and
+tf2onnx unimportable here and in every Python child process (tests/support/no_frameworks.py),
+so a layer that needs none of them proves it.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +15,31 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from tests.support import no_frameworks
+
+if no_frameworks.requested():
+    no_frameworks.install()
+    os.environ["PYTHONPATH"] = no_frameworks.child_pythonpath()
+
 import pytest
 
 from tests.support.server_process import free_port
+
+TESTS = Path(__file__).resolve().parent
+LAYERS = ("unit", "integration", "e2e", "convert")
+SKIP_CONVERT = f"needs TensorFlow and torch: unset {no_frameworks.VARIABLE}"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Each test is marked with its layer (its folder), so `-m` can pick layers too; under
+    the framework block the converter's layer cannot run and is skipped, saying why."""
+    blocked = no_frameworks.requested()
+    for item in items:
+        parts = item.path.relative_to(TESTS).parts
+        if len(parts) > 1 and parts[0] in LAYERS:
+            item.add_marker(parts[0])
+            if blocked and parts[0] == "convert":
+                item.add_marker(pytest.mark.skip(reason=SKIP_CONVERT))
 
 
 @pytest.fixture(scope="session")
