@@ -1,6 +1,7 @@
 """`chexray evaluate` and `chexray calibrate` end to end, on a generated labelled set whose
-labels drive the images (tests/support/labelled_set.py), with a tiny repository holding one member
-that is informative by construction and one confident distractor (the rest random)."""
+labels drive the images (tests/support/labelled_set.py), with a tiny repository holding one
+member that is informative by construction and one confident distractor, the rest random
+(the `informative_repo` fixture of tests/convert/conftest.py)."""
 
 from __future__ import annotations
 
@@ -20,15 +21,6 @@ from tests.support.labelled_set import write_chexpert_set
 from tests.support.server_process import running_server
 
 INFORMATIVE, DISTRACTOR = "densenet121", "xception"
-
-
-@pytest.fixture(scope="module")
-def informative_repo(tmp_path_factory: pytest.TempPathFactory, informative_files: Path) -> Path:
-    from convert.pipeline import convert_repository
-
-    out = tmp_path_factory.mktemp("informative_repo")
-    convert_repository("tiny", out, weights_dir=informative_files, log=lambda _: None)
-    return out
 
 
 @pytest.fixture(scope="module")
