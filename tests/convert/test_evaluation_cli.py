@@ -23,6 +23,15 @@ from tests.support.server_process import running_server
 INFORMATIVE, DISTRACTOR = "densenet121", "xception"
 
 
+@pytest.fixture(scope="module", autouse=True)
+def data_dir(tmp_path_factory: pytest.TempPathFactory):
+    """evaluate and calibrate keep the engine's graph cache under CHEXRAY_DATA_DIR, which
+    defaults to ./data: here, not in the repository the tests run from."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CHEXRAY_DATA_DIR", str(tmp_path_factory.mktemp("data")))
+        yield
+
+
 @pytest.fixture(scope="module")
 def labelled(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("labelled")
