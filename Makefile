@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 PRESET ?= default
 
-.PHONY: serve test bench lint format setup clean-models
+.PHONY: serve test test-fast bench lint format setup clean-models
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,12 @@ serve: $(STAMP)
 test: lint
 	scripts/ensure-test-deps.sh
 	$(BIN)/python -m pytest
+
+# The unit and integration layers alone, with TensorFlow, torch, Keras and tf2onnx made
+# unimportable (tests/support/no_frameworks.py): proof they need none; well under a minute.
+test-fast: $(STAMP)
+	scripts/ensure-test-deps.sh
+	CHEXRAY_TEST_NO_FRAMEWORKS=1 $(BIN)/python -m pytest tests/unit tests/integration
 
 # All benchmarks side by side; writes bench/results/<machine>-<date>.{json,md,png}.
 bench: $(STAMP)

@@ -1,24 +1,54 @@
-"""Shared fixtures: the tiny model repository, built once per test session."""
+"""What every layer shares: the framework block, the layer markers, a throwaway PostgreSQL
+server, a fresh database of each kind, and the tiny model repository built in code
+(tests/support/tiny_repo.py) for the integration and e2e layers. The converter's own
+repository is tests/convert's.
+
+CHEXRAY_TEST_NO_FRAMEWORKS=1 (`make test-fast`) makes tensorflow, torch, keras, tf_keras and
+tf2onnx unimportable here and in every Python child process (tests/support/no_frameworks.py),
+so a layer that needs none of them proves it.
+"""
 
 from __future__ import annotations
 
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
+
+from tests.support import no_frameworks
+
+if no_frameworks.requested():
+    no_frameworks.install()
+    os.environ["PYTHONPATH"] = no_frameworks.child_pythonpath()
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.support.server_process import free_port
+
+TESTS = Path(__file__).resolve().parent
+LAYERS = ("unit", "integration", "e2e", "convert")
+SKIP_CONVERT = f"needs TensorFlow and torch: unset {no_frameworks.VARIABLE}"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Each test is marked with its layer (its folder), so `-m` can pick layers too; under
+    the framework block the converter's layer cannot run and is skipped, saying why."""
+    blocked = no_frameworks.requested()
+    for item in items:
+        parts = item.path.relative_to(TESTS).parts
+        if len(parts) > 1 and parts[0] in LAYERS:
+            item.add_marker(parts[0])
+            if blocked and parts[0] == "convert":
+                item.add_marker(pytest.mark.skip(reason=SKIP_CONVERT))
 
 
 @pytest.fixture(scope="session")
 def tiny_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from convert.pipeline import convert_repository
+    """The tiny model repository, made with onnx alone (no TensorFlow, no torch)."""
+    from tests.support.tiny_repo import build_tiny_repo
 
     out = tmp_path_factory.mktemp("tiny_repo")
-    convert_repository("tiny", out, log=lambda _: None)
+    build_tiny_repo(out)
     return out
 
 
@@ -30,41 +60,12 @@ def tiny_copy(tiny_repo: Path, tmp_path: Path) -> Path:
     return out
 
 
-def make_keras_files(mode: str, out: Path) -> Path:
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT)}
-    subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "make_keras_files.py"), mode, str(out)],
-        check=True,
-        env=env,
-        capture_output=True,
-    )
-    return out
-
-
-@pytest.fixture(scope="session")
-def keras3_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_keras_files("keras3", tmp_path_factory.mktemp("keras3"))
-
-
-@pytest.fixture(scope="session")
-def legacy_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_keras_files("legacy", tmp_path_factory.mktemp("legacy"))
-
-
 def _pg_bin(name: str) -> str | None:
     found = shutil.which(name)
     if found:
         return found
     candidates = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"))
     return str(candidates[-1]) if candidates else None
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ import pytest
 
 from server.api.errors import status_of
 from server.runtime.decode import DecodeError, decode
-from tests.images import anatomy, dicom, jpeg, png, png_header_only
+from tests.support.images import anatomy, dicom, jpeg, png, png_header_only
 
 MAX_BYTES, MAX_PIXELS = 32 * 2**20, 40_000_000
 IMG = anatomy()  # float 0..1, 240 x 200

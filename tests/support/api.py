@@ -12,7 +12,7 @@ from litestar.testing import TestClient
 
 from server.app import create_app
 from server.settings import Settings
-from tests.images import anatomy, png
+from tests.support.images import anatomy, png
 
 PASSWORD = "correct horse battery"
 

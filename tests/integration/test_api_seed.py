@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.api import PASSWORD, client, error, xray
+from tests.support.api import PASSWORD, client, error, xray
 
 SEED_FIELDS = {
     "id",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from tests.api import client, error, upload
+from tests.support.api import client, error, upload
 
 
 def test_operations(tiny_repo: Path, tmp_path: Path) -> None:

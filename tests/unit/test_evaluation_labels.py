@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from evaluation.labels import DEFAULT_POLICY, LabelError, parse_policy, read_labelled_csv
-from tests.labelled_set import HEADER
+from tests.support.labelled_set import HEADER
 
 
 def chexpert_csv(tmp_path: Path, rows: list[dict[str, str]]) -> Path:

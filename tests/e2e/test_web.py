@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.api import PASSWORD, xray
-from tests.server_process import running_server
+from tests.support.api import PASSWORD, xray
+from tests.support.server_process import running_server
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 pytestmark = pytest.mark.skipif(

@@ -8,7 +8,7 @@ import pytest
 
 from server.store.db import Database
 from server.store.models import Study
-from tests.api import PASSWORD, client, error, register, upload
+from tests.support.api import PASSWORD, client, error, register, upload
 
 
 @pytest.fixture

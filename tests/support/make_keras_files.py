@@ -1,8 +1,8 @@
 """Writes the Keras weight files the conversion tests read, in a process of its own.
 
-    python tests/make_keras_files.py keras3 DIR   # Keras 3 files (.keras, bad models)
-    python tests/make_keras_files.py legacy DIR   # Keras 2 files written by tf_keras
-    python tests/make_keras_files.py informative DIR  # a member that reads tests/labelled_set
+    python tests/support/make_keras_files.py keras3 DIR   # Keras 3 files (.keras, bad models)
+    python tests/support/make_keras_files.py legacy DIR   # Keras 2 files written by tf_keras
+    python tests/support/make_keras_files.py informative DIR  # reads tests/support/labelled_set
 
 Beside each good file it saves `<name>.expected.npy`: the source model's output on the
 reference inputs, so a test can tell trained weights from a random initialisation.
@@ -46,9 +46,9 @@ def expected(model, name: str, size) -> None:
 
 if MODE == "informative":
     # Finding k's probability rises with the brightness of its cell minus its mirror cell
-    # (see tests/labelled_set.py): informative by construction, no training needed. The
+    # (see tests/support/labelled_set.py): informative by construction, no training needed. The
     # distractor member reads the cell that brightens at random for all five findings.
-    from tests.labelled_set import CELLS, DISTRACTOR, GRID
+    from tests.support.labelled_set import CELLS, DISTRACTOR, GRID
 
     for name, cells in (("densenet121", CELLS), ("xception", [DISTRACTOR] * 5)):
         spec = SPECS[name]

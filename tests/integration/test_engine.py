@@ -16,8 +16,8 @@ from server.cam.renderer import Renderer
 from server.runtime.decode import DecodeError
 from server.runtime.engine import Engine
 from server.runtime.manifest import FINDINGS
-from server.settings import Settings, SettingsError
-from tests.images import anatomy, dicom, png
+from server.settings import Settings
+from tests.support.images import anatomy, dicom, png
 
 
 @pytest.fixture(scope="module")
@@ -116,25 +116,6 @@ def test_cuda_without_a_gpu_says_what_to_install(tiny_repo: Path) -> None:
                 model_dir=tiny_repo, data_dir=tiny_repo.parent / "engine-data", provider="cuda"
             )
         )
-
-
-def test_settings_from_environment() -> None:
-    s = Settings.from_env(
-        {
-            "CHEXRAY_MAX_BATCH": "16",
-            "CHEXRAY_WARMUP_BATCH_SIZES": "1,4,16",
-            "CHEXRAY_ALLOW_SPINNING": "true",
-            "CHEXRAY_MODEL_DIR": "/srv/models",
-        }
-    )
-    assert (s.max_batch, s.warmup_batch_sizes, s.allow_spinning) == (16, (1, 4, 16), True)
-    assert s.model_dir == Path("/srv/models")
-    with pytest.raises(SettingsError, match="CHEXRAY_MAX_BATCH"):
-        Settings.from_env({"CHEXRAY_MAX_BATCH": "many"})
-    with pytest.raises(SettingsError, match="CHEXRAY_MAX_QUEUE must be at least 1"):
-        Settings.from_env({"CHEXRAY_MAX_QUEUE": "0"})
-    with pytest.raises(SettingsError, match="CHEXRAY_PROVIDER"):
-        Settings.from_env({"CHEXRAY_PROVIDER": "tpu"})
 
 
 def test_cpu_optimized_graph_is_cached_and_equivalent(tiny_repo: Path, tmp_path: Path) -> None:

@@ -8,18 +8,18 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from convert.jobs import run_job
-from convert.keras_job import KerasItem, KerasJob, KerasResult
+from convert.keras_job import KerasResult
 from convert.presets import get_preset
 from convert.reference import preprocess, random_images
 
 
 @pytest.mark.slow
-def test_real_densenet121_member_converts_with_parity(tmp_path: Path) -> None:
+def test_real_densenet121_member_converts_with_parity(
+    densenet121_export: tuple[KerasResult, Path],
+) -> None:
+    """The export runs in tests/convert/conftest.py, early, while other layers are tested."""
     spec = next(m for m in get_preset("default").members if m.name == "densenet121")
-    out = tmp_path / "densenet121.onnx"
-    job = KerasJob("keras3", [KerasItem(spec, None, str(out), parity_samples=2)])
-    (result,) = run_job("convert.keras_job", job, list[KerasResult])
+    result, out = densenet121_export
     assert result.input_size == (224, 224) and result.channels == 3
     assert result.parity.max_abs_diff <= 1e-5 and result.parity.against == "keras"
     s = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])

@@ -1,6 +1,7 @@
 """`chexray evaluate` and `chexray calibrate` end to end, on a generated labelled set whose
-labels drive the images (tests/labelled_set.py), with a tiny repository holding one member
-that is informative by construction and one confident distractor (the rest random)."""
+labels drive the images (tests/support/labelled_set.py), with a tiny repository holding one
+member that is informative by construction and one confident distractor, the rest random
+(the `informative_repo` fixture of tests/convert/conftest.py)."""
 
 from __future__ import annotations
 
@@ -15,22 +16,20 @@ import pytest
 from chexray.cli import main
 from server.runtime.manifest import FINDINGS, load_manifest
 from server.runtime.repository import verify_repository
-from tests.api import post_image
-from tests.conftest import make_keras_files
-from tests.labelled_set import write_chexpert_set
-from tests.server_process import running_server
+from tests.support.api import post_image
+from tests.support.labelled_set import write_chexpert_set
+from tests.support.server_process import running_server
 
 INFORMATIVE, DISTRACTOR = "densenet121", "xception"
 
 
-@pytest.fixture(scope="module")
-def informative_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from convert.pipeline import convert_repository
-
-    weights = make_keras_files("informative", tmp_path_factory.mktemp("informative"))
-    out = tmp_path_factory.mktemp("informative_repo")
-    convert_repository("tiny", out, weights_dir=weights, log=lambda _: None)
-    return out
+@pytest.fixture(scope="module", autouse=True)
+def data_dir(tmp_path_factory: pytest.TempPathFactory):
+    """evaluate and calibrate keep the engine's graph cache under CHEXRAY_DATA_DIR, which
+    defaults to ./data: here, not in the repository the tests run from."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CHEXRAY_DATA_DIR", str(tmp_path_factory.mktemp("data")))
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ Each finding owns one cell of a 4x4 grid over the left half of the picture; a po
 finding brightens its cell (by a random amount, so classes overlap), an uncertain one
 brightens it half as much, and a negative one sometimes a little. The chest-like
 background is left-right symmetric, so the cell minus its mirror image carries the
-evidence: `tests/make_keras_files.py informative` builds a Keras member that reads exactly
+evidence: `tests/support/make_keras_files.py informative` builds a Keras member that reads exactly
 that, which makes it informative by construction. A distractor cell brightens at random,
 whatever the labels; the same script builds a member that reads only that cell, as
 confident as the informative one and worth nothing, for calibrate to weigh down.
@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 
 from server.runtime.manifest import FINDINGS
-from tests.images import anatomy
+from tests.support.images import anatomy
 
 GRID = 4
 # (row, column) of each finding's cell, in FINDINGS order: all in the left half.

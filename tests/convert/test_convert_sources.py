@@ -15,8 +15,7 @@ from convert.errors import ConversionError
 from convert.pipeline import convert_repository
 from convert.reference import preprocess, random_images
 from server.runtime.manifest import load_manifest
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.support import ROOT
 
 
 def member_output(repo: Path, name: str) -> np.ndarray:
@@ -27,18 +26,18 @@ def member_output(repo: Path, name: str) -> np.ndarray:
     return s.run(["probabilities"], {"input": x})[0]
 
 
-def test_keras3_full_model_with_its_own_head(tiny_copy: Path, keras3_files: Path) -> None:
-    weights = tiny_copy.parent / "weights"
+def test_keras3_full_model_with_its_own_head(converted_copy: Path, keras3_files: Path) -> None:
+    weights = converted_copy.parent / "weights"
     weights.mkdir()
     shutil.copy(keras3_files / "xception.keras", weights)
     lines: list[str] = []
-    m = convert_repository("tiny", tiny_copy, weights_dir=weights, log=lines.append)
+    m = convert_repository("tiny", converted_copy, weights_dir=weights, log=lines.append)
     x = m.members[0]
     assert (x.trained, x.loader, x.source) == (True, "keras3", str(weights / "xception.keras"))
     assert x.parity.max_abs_diff <= 1e-5
     assert not m.trained, "the other networks are still random"
     np.testing.assert_allclose(
-        member_output(tiny_copy, "xception"),
+        member_output(converted_copy, "xception"),
         np.load(keras3_files / "xception.expected.npy"),
         atol=1e-5,
     )
@@ -46,9 +45,9 @@ def test_keras3_full_model_with_its_own_head(tiny_copy: Path, keras3_files: Path
     assert sum(line.endswith(": converting") for line in lines) == 1
 
 
-def test_legacy_keras2_files_through_tf_keras(tiny_copy: Path, legacy_files: Path) -> None:
+def test_legacy_keras2_files_through_tf_keras(converted_copy: Path, legacy_files: Path) -> None:
     """Full .h5, JSON + weights .h5, weights-only .h5, all written by tf_keras."""
-    m = convert_repository("tiny", tiny_copy, weights_dir=legacy_files, log=lambda _: None)
+    m = convert_repository("tiny", converted_copy, weights_dir=legacy_files, log=lambda _: None)
     by_name = {x.name: x for x in m.members}
     for name, source in (
         ("densenet121", "densenet121.h5"),
@@ -59,7 +58,7 @@ def test_legacy_keras2_files_through_tf_keras(tiny_copy: Path, legacy_files: Pat
         assert member.trained and member.loader == "tf_keras"
         assert Path(member.source).name == source
         np.testing.assert_allclose(
-            member_output(tiny_copy, name),
+            member_output(converted_copy, name),
             np.load(legacy_files / f"{name}.expected.npy"),
             atol=1e-5,
         )
@@ -84,10 +83,10 @@ def convert_cli(*args: str) -> subprocess.CompletedProcess:
     ],
 )
 def test_wrong_keras_models_are_refused(
-    tiny_copy: Path, keras3_files: Path, case: str, message: str
+    converted_copy: Path, keras3_files: Path, case: str, message: str
 ) -> None:
     folder = keras3_files / "bad" / case
-    r = convert_cli("--weights", str(folder), "--out", str(tiny_copy))
+    r = convert_cli("--weights", str(folder), "--out", str(converted_copy))
     assert r.returncode == 2
     assert message in r.stdout and str(folder / "xception.keras") in r.stdout
     assert "Traceback" not in r.stdout + r.stderr
@@ -114,11 +113,11 @@ def test_json_without_weights_says_what_it_expects(tmp_path: Path) -> None:
         convert_repository("tiny", tmp_path / "out", weights_dir=tmp_path, log=lambda _: None)
 
 
-def test_keras_file_that_keras_cannot_load(tiny_copy: Path, tmp_path: Path) -> None:
+def test_keras_file_that_keras_cannot_load(converted_copy: Path, tmp_path: Path) -> None:
     weights = tmp_path / "w"
     weights.mkdir()
     (weights / "xception.keras").write_bytes(b"PK\x03\x04 not really a zip")
-    r = convert_cli("--weights", str(weights), "--out", str(tiny_copy))
+    r = convert_cli("--weights", str(weights), "--out", str(converted_copy))
     assert r.returncode == 2
     assert f"{weights / 'xception.keras'}: cannot be loaded by keras3" in r.stdout
     assert "Traceback" not in r.stdout
@@ -141,7 +140,7 @@ def _tiny_densenet():
     return net.eval()
 
 
-def test_chexnet_checkpoint_in_the_old_wrapped_layout(tiny_copy: Path, tmp_path: Path) -> None:
+def test_chexnet_checkpoint_in_the_old_wrapped_layout(converted_copy: Path, tmp_path: Path) -> None:
     """`module.densenet121.features.denseblock1.denselayer1.norm.1.weight` and a
     Sequential(Linear, Sigmoid) classifier, as the public CheXNet checkpoints have."""
     import re
@@ -159,13 +158,13 @@ def test_chexnet_checkpoint_in_the_old_wrapped_layout(tiny_copy: Path, tmp_path:
     ckpt = tmp_path / "chexnet.pth.tar"
     torch.save({"epoch": 3, "state_dict": old}, ckpt)
 
-    m = convert_repository("tiny", tiny_copy, cam_checkpoint=ckpt, log=lambda _: None)
+    m = convert_repository("tiny", converted_copy, cam_checkpoint=ckpt, log=lambda _: None)
     assert m.cam.trained and m.cam.source == str(ckpt) and m.cam.parity.max_abs_diff <= 1e-5
     x = preprocess(random_images(2, *m.cam.input_size, seed=11), m.cam.preprocess)
     head = CamHead(net, [m.cam.class_map[f] for f in m.findings]).eval()
     with torch.no_grad():
         probs, cams = head(torch.from_numpy(x))
-    s = ort.InferenceSession(str(tiny_copy / m.cam.file), providers=["CPUExecutionProvider"])
+    s = ort.InferenceSession(str(converted_copy / m.cam.file), providers=["CPUExecutionProvider"])
     got_p, got_c = s.run(["cam_probabilities", "cam_maps"], {"input": x})
     np.testing.assert_allclose(got_p, probs.numpy(), atol=1e-5)
     np.testing.assert_allclose(got_c, cams.numpy(), atol=1e-4)
@@ -173,7 +172,7 @@ def test_chexnet_checkpoint_in_the_old_wrapped_layout(tiny_copy: Path, tmp_path:
     assert not np.allclose(got_c[:, 0], got_c[:, 1])
 
 
-def test_checkpoint_with_wrong_keys_is_refused(tiny_copy: Path, tmp_path: Path) -> None:
+def test_checkpoint_with_wrong_keys_is_refused(converted_copy: Path, tmp_path: Path) -> None:
     import torch
 
     state = _tiny_densenet().state_dict()
@@ -185,11 +184,11 @@ def test_checkpoint_with_wrong_keys_is_refused(tiny_copy: Path, tmp_path: Path) 
         ConversionError,
         match=r"bad\.pth: does not fit .* 1 missing keys \['features\.norm5\.weight'\]",
     ):
-        convert_repository("tiny", tiny_copy, cam_checkpoint=ckpt, log=lambda _: None)
+        convert_repository("tiny", converted_copy, cam_checkpoint=ckpt, log=lambda _: None)
     ckpt.write_bytes(b"garbage")
     with pytest.raises(ConversionError, match=r"bad\.pth: not a readable PyTorch checkpoint"):
-        convert_repository("tiny", tiny_copy, cam_checkpoint=ckpt, log=lambda _: None)
+        convert_repository("tiny", converted_copy, cam_checkpoint=ckpt, log=lambda _: None)
     with pytest.raises(ConversionError, match=r"missing\.pth: no such checkpoint file"):
         convert_repository(
-            "tiny", tiny_copy, cam_checkpoint=tmp_path / "missing.pth", log=lambda _: None
+            "tiny", converted_copy, cam_checkpoint=tmp_path / "missing.pth", log=lambda _: None
         )

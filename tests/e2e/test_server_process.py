@@ -11,8 +11,8 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.api import post_image, register, xray
-from tests.server_process import running_server
+from tests.support.api import post_image, register, xray
+from tests.support.server_process import running_server
 
 
 @pytest.fixture(scope="module")

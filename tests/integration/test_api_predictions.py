@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.api import client, error, post_image, register, upload, xray
-from tests.images import dicom_ramp, png_header_only
+from tests.support.api import client, error, post_image, register, upload, xray
+from tests.support.images import dicom_ramp, png_header_only
 
 
 @pytest.fixture

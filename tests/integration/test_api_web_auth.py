@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.api import PASSWORD, client, error, register
+from tests.support.api import PASSWORD, client, error, register
 
 
 def test_cookie_session_needs_csrf_on_unsafe_methods(tiny_repo: Path, tmp_path: Path) -> None:
