@@ -63,7 +63,7 @@ class Choice:
 REFERENCE = Choice("onnxruntime", "cpu", "fp32")
 
 
-class ChoiceError(Exception):
+class ChoiceError(RuntimeError):
     """The settings ask for a combination this machine or repository cannot serve."""
 
 

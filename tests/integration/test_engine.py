@@ -32,6 +32,7 @@ def results(tiny_repo: Path):
                 data_dir=tiny_repo.parent / "engine-data",
                 max_batch=4,
                 warmup_batch_sizes=(1, 4),
+                backend="onnxruntime",
             )
         )
         renderer = Renderer(engine.settings.heatmap_alpha, 1)

@@ -20,6 +20,9 @@ PASSWORD = "correct horse battery"
 @contextlib.contextmanager
 def client(repo: Path, data_dir: Path, database_url: str = "", **settings) -> Iterator[TestClient]:
     settings.setdefault("auth_rate_limit", "1000/60")
+    # The fp32 reference, whose answers the API tests compare exactly; the other backends
+    # and precisions have tests of their own (tests/integration/test_backends.py).
+    settings.setdefault("backend", "onnxruntime")
     app = create_app(
         Settings(
             model_dir=repo,

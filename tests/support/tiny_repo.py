@@ -2,12 +2,13 @@
 
 It has the interface of `chexray convert --preset tiny` (convert/presets.py): the same
 member names, input sizes, preprocessing, output orders (so the fused graph resizes one
-member and re-orders two), the same CAM class map and 4x4 feature map, the seed's weights
-and thresholds, an fp16 variant. The networks are small and different: a member is a
-patch convolution, ReLU, global average pooling, a dense layer and a sigmoid, NHWC like
-the Keras exports (one of them takes a single grey channel); the CAM network is two patch
-convolutions to a [16, 4, 4] feature map with a 14-class head, NCHW like the torch export,
-emitting its probabilities for the five findings and their class activation maps.
+member and re-orders two), the same CAM class map and 4x4 feature map, the legacy
+application's weights and thresholds, an fp16 variant. The networks are small and
+different: a member is a patch convolution, ReLU, global average pooling, a dense layer
+and a sigmoid, NHWC like the Keras exports (one of them takes a single grey channel); the
+CAM network is two patch convolutions to a [16, 4, 4] feature map with a 14-class head,
+NCHW like the torch export, emitting its probabilities for the five findings and their
+class activation maps.
 
 The parts are joined by the converter's own `convert.fuse.fuse` (onnx only) and the
 manifest is written with the server's own types, so `verify_repository` accepts it and
@@ -38,7 +39,7 @@ from convert.fuse import Part, cpu_session, fp16_parity, fuse, fused_parity, to_
 from convert.presets import (
     DEFAULT_THRESHOLDS,
     DEFAULT_THRESHOLDS_SOURCE,
-    SEED_WEIGHTS,
+    LEGACY_WEIGHTS,
     get_preset,
 )
 from convert.reference import preprocess, random_images, seed_for
@@ -283,7 +284,7 @@ def build_tiny_repo(out: Path) -> Manifest:
         build_key=_key(BUILD_REVISION, cs, seed),
     )
 
-    matrix = [SEED_WEIGHTS[m.name] for m in members]
+    matrix = [LEGACY_WEIGHTS[m.name] for m in members]
     normalised = normalise_weights(matrix)
     parts = [
         Part(m.name, out / m.file, m.input_size, m.preprocess, m.output_order) for m in members

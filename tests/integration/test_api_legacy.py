@@ -1,4 +1,4 @@
-"""The seed's endpoints under /api/chexray/: same fields, safer answers."""
+"""The legacy application's endpoints under /api/chexray/: same fields, safer answers."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 
 from tests.support.api import PASSWORD, client, error, xray
 
-SEED_FIELDS = {
+LEGACY_FIELDS = {
     "id",
     "title",
     "image",
@@ -45,7 +45,7 @@ def signup(c, username: str) -> dict[str, str]:
     return {"Authorization": f"Token {body['token']}"}
 
 
-def test_seed_flow(c) -> None:
+def test_legacy_flow(c) -> None:
     alice = signup(c, "alice")
     r = c.post("/api/chexray/login/", json={"username": "alice", "password": PASSWORD})
     assert set(r.json()) == {"userid", "username", "token"} and r.json()["username"] == "alice"
@@ -57,7 +57,9 @@ def test_seed_flow(c) -> None:
     )
     assert up.status_code == 200, up.text
     x = up.json()
-    assert set(x) == SEED_FIELDS and x["title"] == "first" and x["userperson"] == r.json()["userid"]
+    assert (
+        set(x) == LEGACY_FIELDS and x["title"] == "first" and x["userperson"] == r.json()["userid"]
+    )
     assert all(
         x[k] in (0.0, 1.0)
         for k in ("atelectasis", "cardiomegaly", "consolidation", "edema", "pleural_effusion")
@@ -78,7 +80,7 @@ def test_seed_flow(c) -> None:
     detail = c.post("/api/chexray/xray/", headers=alice, json={"xray_id": x["id"]})
     assert detail.status_code == 200 and detail.json() == x
 
-    # Where the seed answered 200 for anyone, CheXray answers 404 to other users.
+    # Where the legacy application answered 200 for anyone, CheXray answers 404 to other users.
     bob = signup(c, "bob")
     error(c.post("/api/chexray/xray/", headers=bob, json={"xray_id": x["id"]}), 404, "not_found")
     error(c.get(x["image"], headers=bob), 404, "not_found")
@@ -91,12 +93,12 @@ def test_seed_flow(c) -> None:
     )
 
 
-def test_seed_errors_are_4xx(c) -> None:
+def test_legacy_errors_are_4xx(c) -> None:
     r = c.post(
         "/api/chexray/signup/",
         json={"username": "carol", "password": PASSWORD, "password2": PASSWORD + "!"},
     )
-    error(r, 422, "password_mismatch")  # the seed answered 200 with an error text
+    error(r, 422, "password_mismatch")  # the legacy application answered 200 with an error text
     signup(c, "carol")
     error(
         c.post(
@@ -126,7 +128,7 @@ def test_anonymous_upload_belongs_to_nobody(c) -> None:
     )
     assert r.status_code == 200
     x = r.json()
-    assert x["userperson"] is None  # the seed filed these under user 1
+    assert x["userperson"] is None  # the legacy application filed these under user 1
     assert c.get(x["newcomp_image"]).status_code == 200  # reachable by its unguessable id
     alice = signup(c, "alice")
     assert c.get("/api/chexray/user/", headers=alice).json()["pastxrays"] == []
