@@ -13,13 +13,15 @@ import os
 import random
 from pathlib import Path
 
-from locust import HttpUser, constant, task
+from locust import FastHttpUser, constant, task
 
 IMAGES = [p.read_bytes() for p in sorted(Path(os.environ["CHEXRAY_BENCH_IMAGES"]).glob("*.png"))]
 QUERY = os.environ.get("CHEXRAY_BENCH_QUERY", "heatmap=none")
 
 
-class XrayUser(HttpUser):
+# FastHttpUser (geventhttpclient): the load generator shares the machine with the server,
+# and costs it less CPU per request than the requests-based HttpUser.
+class XrayUser(FastHttpUser):
     wait_time = constant(0)
 
     @task
