@@ -7,7 +7,6 @@ versions); a rebuild reuses every file whose key and checksum still match.
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import hashlib
 import importlib.metadata
 import tempfile
@@ -35,23 +34,21 @@ from convert.presets import (
 )
 from convert.sources import Source, find_sources
 from server.files import write_atomic
-from server.runtime.contract import FP16_TOLERANCE, input_spec, output_specs
+from server.runtime.contract import FP16_TOLERANCE
 from server.runtime.manifest import (
     FINDINGS,
     MANIFEST_NAME,
-    SCHEMA_VERSION,
     CamNetwork,
     GraphFile,
     Manifest,
     Member,
     Thresholds,
     graph_file,
-    model_version,
     normalise_weights,
     sha256_file,
 )
 from server.runtime.precision import check_all
-from server.runtime.repository import current_manifest, install_manifest
+from server.runtime.repository import current_manifest, install_manifest, new_manifest
 from server.settings import Settings
 
 Log = Callable[[str], None]
@@ -190,7 +187,7 @@ def convert_repository(
     normalised = normalise_weights(matrix)
     fused = _fused_graph(b, members, cam, normalised)
     fused16 = _fp16_graph(b, fused) if fp16 else None
-    manifest = _install(b, members, cam, matrix, normalised, fused, fused16)
+    manifest = _install(b, members, cam, matrix, fused, fused16)
     return _precision_checks(b, manifest)
 
 
@@ -453,35 +450,28 @@ def _install(
     members: list[Member],
     cam: CamNetwork,
     weights: list[list[float]],
-    normalised: list[list[float]],
     fused: GraphFile,
     fused16: GraphFile | None,
 ) -> Manifest:
     """The manifest of what was built, installed unless the current one already says it."""
     thresholds = Thresholds(DEFAULT_THRESHOLDS, DEFAULT_THRESHOLDS_SOURCE)
-    version = model_version(b.preset.name, fused, fused16, thresholds, cam.class_map)
-    old = b.old
-    if old is not None and old.version == version:
-        b.log(f"Repository is up to date (version {version}).")
-        return old
-    manifest = Manifest(
-        schema_version=SCHEMA_VERSION,
+    manifest = new_manifest(
         preset=b.preset.name,
-        version=version,
-        created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        findings=list(FINDINGS),
-        input=input_spec(*b.preset.input_size),
-        outputs=output_specs(len(members), cam.feature_map[1:]),
+        input_size=b.preset.input_size,
         members=members,
-        weights=weights,
-        weights_normalised=normalised,
-        thresholds=thresholds,
         cam=cam,
+        weights=weights,
+        thresholds=thresholds,
         fused=fused,
         fused_fp16=fused16,
         opset=OPSET,
         versions=b.versions,
     )
+    version = manifest.version
+    old = b.old
+    if old is not None and old.version == version:
+        b.log(f"Repository is up to date (version {version}).")
+        return old
     if old is not None and old.calibration is not None:
         b.log(
             f"warning: this build replaces the calibrated weights and thresholds of version "

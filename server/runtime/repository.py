@@ -1,20 +1,64 @@
-"""Checks a model repository on disk and describes it for people."""
+"""Makes, checks and installs a model repository's manifest, and describes it for people."""
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 
 from server.files import write_atomic
+from server.runtime.contract import input_spec, output_specs
 from server.runtime.manifest import (
     FINDINGS,
     MANIFEST_NAME,
+    SCHEMA_VERSION,
+    CamNetwork,
+    GraphFile,
     Manifest,
+    Member,
     RepositoryError,
+    Thresholds,
     decode_manifest,
     encode_manifest,
     load_manifest,
+    model_version,
+    normalise_weights,
     sha256_file,
 )
+
+
+def new_manifest(
+    *,
+    preset: str,
+    input_size: tuple[int, int],
+    members: list[Member],
+    cam: CamNetwork,
+    weights: list[list[float]],
+    thresholds: Thresholds,
+    fused: GraphFile,
+    fused_fp16: GraphFile | None,
+    opset: int,
+    versions: dict[str, str],
+) -> Manifest:
+    """The manifest of a freshly built repository: tensors from the contract, weights
+    normalised per finding, version from what users get back."""
+    return Manifest(
+        schema_version=SCHEMA_VERSION,
+        preset=preset,
+        version=model_version(preset, fused, fused_fp16, thresholds, cam.class_map),
+        created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        findings=list(FINDINGS),
+        input=input_spec(*input_size),
+        outputs=output_specs(len(members), cam.feature_map[1:]),
+        members=members,
+        weights=weights,
+        weights_normalised=normalise_weights(weights),
+        thresholds=thresholds,
+        cam=cam,
+        fused=fused,
+        fused_fp16=fused_fp16,
+        opset=opset,
+        versions=versions,
+    )
 
 
 def repository_files(manifest: Manifest) -> list[tuple[str, str]]:

@@ -22,7 +22,6 @@ compares against Keras or torch, and no record claims to.
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import sys
 import time
@@ -43,21 +42,19 @@ from convert.presets import (
     get_preset,
 )
 from convert.reference import preprocess, random_images, seed_for
-from server.runtime.contract import MEMBER_TOLERANCE, input_spec, output_specs
+from server.runtime.contract import MEMBER_TOLERANCE
 from server.runtime.manifest import (
     FINDINGS,
-    SCHEMA_VERSION,
     CamNetwork,
     Manifest,
     Member,
     Parity,
     Thresholds,
     graph_file,
-    model_version,
     normalise_weights,
     sha256_file,
 )
-from server.runtime.repository import install_manifest
+from server.runtime.repository import install_manifest, new_manifest
 
 OPSET = 17
 IR_VERSION = 9
@@ -302,20 +299,13 @@ def build_tiny_repo(out: Path) -> Manifest:
     parity16 = fp16_parity(out / fused_rel, out / rel16, preset.input_size, samples)
     fused16 = graph_file(out, rel16, "float16", parity16, _key(fused.sha256))
 
-    thresholds = Thresholds(list(DEFAULT_THRESHOLDS), DEFAULT_THRESHOLDS_SOURCE)
-    manifest = Manifest(
-        schema_version=SCHEMA_VERSION,
+    manifest = new_manifest(
         preset=preset.name,
-        version=model_version(preset.name, fused, fused16, thresholds, cam.class_map),
-        created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        findings=list(FINDINGS),
-        input=input_spec(*preset.input_size),
-        outputs=output_specs(len(members), cam.feature_map[1:]),
+        input_size=preset.input_size,
         members=members,
-        weights=matrix,
-        weights_normalised=normalised,
-        thresholds=thresholds,
         cam=cam,
+        weights=matrix,
+        thresholds=Thresholds(list(DEFAULT_THRESHOLDS), DEFAULT_THRESHOLDS_SOURCE),
         fused=fused,
         fused_fp16=fused16,
         opset=OPSET,
