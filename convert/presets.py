@@ -40,11 +40,10 @@ LEGACY_WEIGHTS: dict[str, list[float]] = {
 # once more; on a true weighted average they are 5x larger.
 LEGACY_THRESHOLDS = [0.04824, 0.02167, 0.0107, 0.04131, 0.04202]
 DEFAULT_THRESHOLDS = [round(t * 5, 6) for t in LEGACY_THRESHOLDS]
-# Recorded in every manifest and part of its version hash: rewording it would give every
-# rebuilt repository a new version, so it keeps the name the legacy application had then.
+# Recorded in every manifest (and so in its version hash).
 DEFAULT_THRESHOLDS_SOURCE = (
-    "seed Youden thresholds x5 (the seed divided its weighted average by 5 again); "
-    "to be refitted on labelled validation data"
+    "the legacy application's Youden thresholds x5 (it divided its weighted average by 5 "
+    "again); to be refitted on labelled validation data"
 )
 
 # ChestX-ray14 classes in CheXNet's output order.
