@@ -133,3 +133,17 @@ def test_cpu_optimized_graph_is_cached_and_equivalent(tiny_repo: Path, tmp_path:
     again = Engine(Settings(model_dir=tiny_repo, data_dir=tmp_path))  # reuses the cache
     assert len(list((tmp_path / "ort-cache").iterdir())) == 1
     np.testing.assert_allclose(again._run_batch(0, images)["probabilities"], a["probabilities"])
+
+
+def test_a_manifest_with_another_graph_contract_is_refused(tiny_copy: Path) -> None:
+    import msgspec
+
+    from server.runtime.manifest import RepositoryError, load_manifest
+
+    manifest = load_manifest(tiny_copy)
+    renamed = [msgspec.structs.replace(o, name=o.name + "_v2") for o in manifest.outputs]
+    with pytest.raises(RepositoryError, match="contract is not one this server knows"):
+        Engine(
+            Settings(model_dir=tiny_copy, data_dir=tiny_copy.parent / "d", backend="onnxruntime"),
+            manifest=msgspec.structs.replace(manifest, outputs=renamed),
+        )
