@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 PRESET ?= default
 
-.PHONY: serve test test-fast bench lint format setup clean-models
+.PHONY: serve test test-fast bench bench-gpu lint format setup clean-models
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,34 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[cpu,convert,bench]'
 	$(BIN)/python bench/run.py
+
+# GPU benchmark (bench/gpu.py): engine limit on CUDA fp32/fp16, the server at 1-64 clients,
+# peak device memory; writes bench/results/<gpu>-<date>.{json,md,png}. Its own venv:
+# onnxruntime-gpu must never sit beside the cpu extra's onnxruntime. The model repository
+# is reused when present; only a missing one is built, with the usual venv (TensorFlow and
+# torch, minutes more). BENCH_GPU_ARGS passes options: BENCH_GPU_ARGS='--seconds 40'.
+GPU_VENV := .venv-gpu
+GPU_BIN := $(GPU_VENV)/bin
+GPU_STAMP := $(GPU_VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+MODELS ?= models_onnx
+
+$(GPU_STAMP): pyproject.toml
+	test -x $(GPU_BIN)/python || $(PYTHON) -m venv $(GPU_VENV)
+	echo '*' > $(GPU_VENV)/.gitignore
+	$(GPU_BIN)/python -m pip install -q --upgrade pip
+	$(GPU_BIN)/python -m pip install -q -e '.[gpu,bench,bench-gpu]'
+	rm -f $(GPU_VENV)/.installed-* && touch $@
+
+bench-gpu:
+	@t0=$$(date +%s); \
+	$(MAKE) --no-print-directory $(GPU_STAMP) || exit 1; \
+	t1=$$(date +%s); echo "[phase] venv ($(GPU_VENV)): $$((t1 - t0)) s"; \
+	if [ -f $(MODELS)/manifest.json ]; then echo "reusing the model repository $(MODELS)"; \
+	else $(MAKE) --no-print-directory $(STAMP) && \
+		$(BIN)/chexray convert --preset default --out $(MODELS) || exit 1; fi; \
+	t2=$$(date +%s); echo "[phase] repository: $$((t2 - t1)) s"; \
+	$(GPU_BIN)/python bench/gpu.py --repo $(MODELS) \
+		--phase-time venv=$$((t1 - t0)) --phase-time repository=$$((t2 - t1)) $(BENCH_GPU_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -80,7 +80,16 @@ def batch_totals(base: str) -> tuple[float, float]:
     return total, count
 
 
-def locust(base: str, users: int, seconds: int, images: Path, workdir: Path, query: str) -> dict:
+def locust(
+    base: str,
+    users: int,
+    seconds: int,
+    images: Path,
+    workdir: Path,
+    query: str,
+    processes: int = 1,
+) -> dict:
+    """One Locust run; `processes` > 1 forks that many load generators (one core each)."""
     prefix = workdir / f"locust-{users}"
     env = {**os.environ, "CHEXRAY_BENCH_IMAGES": str(images), "CHEXRAY_BENCH_QUERY": query}
     subprocess.run(
@@ -104,6 +113,7 @@ def locust(base: str, users: int, seconds: int, images: Path, workdir: Path, que
             "--only-summary",
             "--stop-timeout",
             "120",
+            *(["--processes", str(processes)] if processes > 1 else []),
         ],
         env=env,
         check=False,
@@ -151,6 +161,7 @@ def run_server(
     seconds: int,
     query: str,
     env_extra: dict[str, str],
+    locust_processes: int = 1,
 ) -> dict:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
@@ -170,7 +181,7 @@ def run_server(
         levels = []
         for n in users:
             before = batch_totals(base)
-            result = locust(base, n, seconds, images, workdir, query)
+            result = locust(base, n, seconds, images, workdir, query, locust_processes)
             after = batch_totals(base)
             batches = after[1] - before[1]
             result["mean_batch"] = (after[0] - before[0]) / batches if batches else 0.0
