@@ -47,7 +47,6 @@ MODELS ?= models_onnx
 
 $(GPU_STAMP): pyproject.toml
 	test -x $(GPU_BIN)/python || $(PYTHON) -m venv $(GPU_VENV)
-	echo '*' > $(GPU_VENV)/.gitignore
 	$(GPU_BIN)/python -m pip install -q --upgrade pip
 	$(GPU_BIN)/python -m pip install -q -e '.[gpu,bench,bench-gpu]'
 	rm -f $(GPU_VENV)/.installed-* && touch $@

@@ -77,7 +77,8 @@ def open_session(
                 "CUDAExecutionProvider",
                 {
                     "device_id": config.device_id,
-                    "gpu_mem_limit": config.gpu_mem_limit,
+                    # The limit holds per session: the instances share the budget.
+                    "gpu_mem_limit": config.gpu_mem_limit // config.instances,
                     "arena_extend_strategy": config.arena_extend_strategy,
                     "cudnn_conv_algo_search": config.cudnn_conv_algo_search,
                 },
