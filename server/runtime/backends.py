@@ -10,7 +10,7 @@ device, precision); `open_backend` builds it.
           computes bf16 natively (AVX512-BF16 or AMX); else OpenVINO fp32 where installed
           (faster than onnxruntime fp32 on the CPUs measured), else onnxruntime fp32.
     int8 is never chosen by auto: it is served only when CHEXRAY_PRECISION=int8 asks for
-          it, by OpenVINO where installed (it runs the QDQ graph in int8 kernels: 2.8x
+          it, by OpenVINO where installed (it runs the QDQ graph in int8 kernels: 2.7x
           onnxruntime fp32 at batch 4 on Zen 4, where onnxruntime's own int8 kernels gain
           little over its fp32), else by onnxruntime on the CPU.
 """
