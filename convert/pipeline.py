@@ -1,4 +1,5 @@
-"""Builds a model repository: members, CAM network, fused graph, fp16 variant, manifest.
+"""Builds a model repository: members, CAM network, fused graph, fp16 variant, the opt-in
+int8 variant, manifest.
 
 Idempotent: each file carries a build key (hash of its inputs: spec, source file, tool
 versions); a rebuild reuses every file whose key and checksum still match.
@@ -32,9 +33,21 @@ from convert.presets import (
     Preset,
     get_preset,
 )
+from convert.quantize import (
+    INT8_FILE,
+    Int8Request,
+    calibration_images,
+    evaluate_check,
+    images_digest,
+    int8_parity,
+    labelled_images,
+    quantize,
+)
+from convert.quantize import SETTINGS as INT8_SETTINGS
 from convert.sources import Source, find_sources
 from server.files import write_atomic
-from server.runtime.contract import FP16_TOLERANCE
+from server.runtime.backends import Machine, openvino_installed
+from server.runtime.contract import FP16_TOLERANCE, PRECISION_TOLERANCE, check_contract
 from server.runtime.manifest import (
     FINDINGS,
     MANIFEST_NAME,
@@ -42,13 +55,20 @@ from server.runtime.manifest import (
     GraphFile,
     Manifest,
     Member,
+    PrecisionCheck,
+    RepositoryError,
     Thresholds,
     graph_file,
     normalise_weights,
     sha256_file,
 )
-from server.runtime.precision import check_all
-from server.runtime.repository import current_manifest, install_manifest, new_manifest
+from server.runtime.precision import check_all, int8_choice, record
+from server.runtime.repository import (
+    current_manifest,
+    install_manifest,
+    new_manifest,
+    verify_repository,
+)
 from server.settings import Settings
 
 Log = Callable[[str], None]
@@ -156,10 +176,14 @@ def convert_repository(
     member_sizes: dict[str, tuple[int, int]] | None = None,
     member_orders: dict[str, list[str]] | None = None,
     fp16: bool = True,
+    int8: Int8Request | None = None,
     log: Log = _log,
 ) -> Manifest:
     """Build the model repository `out` for a preset, reusing every file still up to date;
-    installs and returns the new manifest, or returns the current one unchanged."""
+    installs and returns the new manifest, or returns the current one unchanged.
+
+    `int8` adds the int8 graph, calibrated on the user's images. Without it, an int8 graph
+    built earlier is kept while the fused graph it came from is unchanged."""
     started = time.perf_counter()
     try:
         preset = _customised(get_preset(preset_name), member_sizes or {}, member_orders or {})
@@ -177,7 +201,7 @@ def convert_repository(
         out=out,
         old=old if old is not None and old.preset == preset.name else None,
         versions=_versions(),
-        steps=len(preset.members) + 2 + int(fp16),
+        steps=len(preset.members) + 2 + int(fp16) + int(int8 is not None),
         log=log,
         started=started,
     )
@@ -187,7 +211,34 @@ def convert_repository(
     normalised = normalise_weights(matrix)
     fused = _fused_graph(b, members, cam, normalised)
     fused16 = _fp16_graph(b, fused) if fp16 else None
-    manifest = _install(b, members, cam, matrix, fused, fused16)
+    if int8 is not None:
+        fused8 = _int8_graph(b, fused, int8, preset.input_size)
+    else:
+        fused8 = _kept_int8(b, fused)
+    manifest = _install(b, members, cam, matrix, fused, fused16, fused8)
+    if int8 is not None and int8.labelled_csv is not None:
+        manifest = _int8_evaluation(b, manifest, int8)
+    return _precision_checks(b, manifest)
+
+
+def add_int8(out: Path, request: Int8Request, log: Log = _log) -> Manifest:
+    """The int8 step alone, on the repository `out` as it is (a calibrated one keeps its
+    weights and thresholds): quantise its fused graph on the user's images, record the
+    graph, check it; returns the installed manifest."""
+    started = time.perf_counter()
+    out = Path(out)
+    try:
+        old = verify_repository(out)
+        size = check_contract(old)
+        preset = get_preset(old.preset)
+    except (RepositoryError, ValueError) as exc:
+        raise ConversionError(str(exc)) from None
+    b = _Build(preset, out, old, _versions(), steps=1, log=log, started=started)
+    log(f"Adding an int8 graph to the model repository {out} (version {old.version})")
+    fused8 = _int8_graph(b, old.fused, request, size)
+    manifest = _with_int8(b, old, fused8)
+    if request.labelled_csv is not None:
+        manifest = _int8_evaluation(b, manifest, request)
     return _precision_checks(b, manifest)
 
 
@@ -445,6 +496,113 @@ def _fp16_graph(b: _Build, fused: GraphFile) -> GraphFile:
     )
 
 
+def _int8_graph(
+    b: _Build, fused: GraphFile, request: Int8Request, size: tuple[int, int]
+) -> GraphFile:
+    """The fused graph quantised to int8 (convert/quantize.py), calibrated on up to
+    `request.images` of the user's X-rays; its parity is against fp32 on those images."""
+    images = calibration_images(request.calibration, size, request.images)
+    key = _key(
+        fused.sha256,
+        images_digest(images),
+        INT8_SETTINGS,
+        b.versions.get("onnx"),
+        b.versions.get("onnxruntime"),
+    )
+    rel = Path(fused.file).with_suffix(".int8.onnx").as_posix()
+    rel = INT8_FILE if fused.file == "ensemble.onnx" else rel
+    openvino = openvino_installed()
+
+    def build() -> GraphFile:
+        quantize(b.out / fused.file, b.out / rel, images)
+        parity = int8_parity(b.out / fused.file, b.out / rel, images, openvino)
+        return graph_file(b.out, rel, "int8", parity, key)
+
+    def done(g: GraphFile, seconds: float) -> str:
+        within = "within" if g.parity.max_abs_diff <= PRECISION_TOLERANCE else "OUTSIDE"
+        return (
+            f"quantised in {seconds:.1f} s, {g.size_bytes / 1e6:.1f} MB, parity vs fp32 on "
+            f"the calibration images {g.parity.max_abs_diff:.1e} ({within} "
+            f"{PRECISION_TOLERANCE:.0e})"
+        )
+
+    previous = b.old.fused_int8 if b.old else None
+    return b.reuse_or_build_one(
+        _Wanted(
+            f"int8 graph ({len(images)} calibration images from {request.calibration})",
+            key,
+            previous,
+        ),
+        "quantising the fused graph (static, calibrated on your images)",
+        build,
+        done,
+    )
+
+
+def _kept_int8(b: _Build, fused: GraphFile) -> GraphFile | None:
+    """The int8 graph built earlier, while it is still of this fused graph."""
+    old = b.old
+    if old is None or old.fused_int8 is None:
+        return None
+    previous = old.fused_int8
+    if old.fused.sha256 == fused.sha256 and _fresh(b.out, previous.file, previous.sha256):
+        return previous
+    b.log(
+        "warning: the int8 graph was of the previous fused graph and is no longer served: "
+        "rebuild it with --int8-calibration DIR"
+    )
+    return None
+
+
+def _is_int8(label: str) -> bool:
+    return label.endswith("-int8")
+
+
+def _with_int8(b: _Build, old: Manifest, fused8: GraphFile | None) -> Manifest:
+    """`old` with this int8 graph, installed if it changed; a rebuilt graph's earlier
+    precision check no longer applies and is dropped (the checks that follow redo it)."""
+    if old.fused_int8 == fused8:
+        return old
+    checks = {k: v for k, v in old.precision_checks.items() if not _is_int8(k)}
+    manifest = msgspec.structs.replace(old, fused_int8=fused8, precision_checks=checks)
+    install_manifest(b.out, manifest)
+    what = "removed" if fused8 is None else f"{fused8.file} recorded"
+    b.log(f"Wrote {b.out / MANIFEST_NAME}: int8 graph {what} (version {old.version})")
+    return manifest
+
+
+def _int8_evaluation(b: _Build, manifest: Manifest, request: Int8Request) -> Manifest:
+    """The int8 gate on the user's labelled set: AUC per finding against fp32's, recorded
+    as int8's precision check (replacing a parity-only one)."""
+    assert request.labelled_csv is not None
+    openvino = openvino_installed()
+    label = int8_choice(Machine(cuda=False, openvino=openvino, bf16=False)).label
+    previous = manifest.precision_checks.get(label)
+    if previous is not None and previous.auc_set == str(request.labelled_csv):
+        b.log(f"Precision {label} on {previous.auc_set}: up to date")
+        return manifest
+    t = time.perf_counter()
+    labelled = labelled_images(
+        request.labelled_csv, request.labelled_images, check_contract(manifest)
+    )
+    check = evaluate_check(b.out, manifest, labelled, openvino)
+    b.log(_auc_line(check, labelled.unreadable, time.perf_counter() - t))
+    return record(b.out, manifest, [check])
+
+
+def _auc_line(check: PrecisionCheck, unreadable: int, seconds: float) -> str:
+    drops = ", ".join(
+        f"{f} {'n/a' if d is None else f'{d:+.4f}'}"
+        for f, d in zip(FINDINGS, check.auc_drop or [], strict=True)
+    )
+    skipped = f", {unreadable} unreadable left out" if unreadable else ""
+    return (
+        f"Precision {check.label}: {'passed' if check.passed else 'FAILED'} on "
+        f"{check.images} labelled images{skipped} in {seconds:.1f} s: AUC drop vs fp32 "
+        f"(limit {check.auc_limit}) {drops}"
+    )
+
+
 def _install(
     b: _Build,
     members: list[Member],
@@ -452,6 +610,7 @@ def _install(
     weights: list[list[float]],
     fused: GraphFile,
     fused16: GraphFile | None,
+    fused8: GraphFile | None = None,
 ) -> Manifest:
     """The manifest of what was built, installed unless the current one already says it."""
     thresholds = Thresholds(DEFAULT_THRESHOLDS, DEFAULT_THRESHOLDS_SOURCE)
@@ -466,10 +625,13 @@ def _install(
         fused_fp16=fused16,
         opset=OPSET,
         versions=b.versions,
+        fused_int8=fused8,
     )
     version = manifest.version
     old = b.old
     if old is not None and old.version == version:
+        if old.fused_int8 != fused8:  # the served graphs are the same: only int8 changed
+            return _with_int8(b, old, fused8)
         b.log(f"Repository is up to date (version {version}).")
         return old
     if old is not None and old.calibration is not None:

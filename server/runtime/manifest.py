@@ -106,6 +106,12 @@ class PrecisionCheck(msgspec.Struct, frozen=True):
     margin: float
     passed: bool
     seconds_per_image: float  # at the check's batch size: a rough speed, for the record
+    # Gated on a labelled set instead (int8 with `--int8-labelled`): per finding, fp32's AUC
+    # minus this choice's (None where the set lacks positives or negatives), the set, and
+    # the largest drop accepted; `passed` then says every drop is within `auc_limit`.
+    auc_drop: list[float | None] | None = None
+    auc_set: str | None = None
+    auc_limit: float | None = None
 
 
 class TensorSpec(msgspec.Struct, frozen=True):

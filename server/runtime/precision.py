@@ -52,7 +52,14 @@ def check_images(manifest: Manifest, extra: np.ndarray | None = None) -> tuple[n
 def load_images(folder: Path, manifest: Manifest, settings: Settings, limit: int) -> np.ndarray:
     """Up to `limit` readable X-rays (PNG, JPEG, DICOM) from a folder tree, at model
     resolution; unreadable files are skipped. ValueError when none is readable."""
-    h, w = contract.check_contract(manifest)
+    return load_images_at(folder, contract.check_contract(manifest), settings, limit)
+
+
+def load_images_at(
+    folder: Path, size: tuple[int, int], settings: Settings, limit: int
+) -> np.ndarray:
+    """`load_images` at a given (height, width): uint8 [N, height, width]."""
+    h, w = size
     found = []
     for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
         if len(found) >= limit:
@@ -163,8 +170,14 @@ def runnable(manifest: Manifest, machine: Machine) -> list[Choice]:
         if manifest.fused_fp16 is not None:
             found.append(Choice("onnxruntime", "cuda", "fp16"))
     if manifest.fused_int8 is not None:
-        found.append(Choice("onnxruntime", "cpu", "int8"))
+        # The backend that `choose` serves int8 with on this machine.
+        found.append(int8_choice(machine))
     return found
+
+
+def int8_choice(machine: Machine) -> Choice:
+    """What serves CHEXRAY_PRECISION=int8 with the backend left to auto."""
+    return Choice("openvino" if machine.openvino else "onnxruntime", "cpu", "int8")
 
 
 def check_all(
@@ -192,6 +205,14 @@ class PrecisionRefused(Exception):
 
 
 def refusal(check: PrecisionCheck) -> str:
+    if check.auc_drop is not None:
+        drops = [d for d in check.auc_drop if d is not None]
+        return (
+            f"{check.label} failed its check against onnxruntime fp32 on the labelled set "
+            f"{check.auc_set} ({check.created[:10]}, {check.machine}): AUC drop up to "
+            f"{max(drops, default=0.0):.4f} (limit {check.auc_limit}). Serve fp32 "
+            "(CHEXRAY_PRECISION=fp32) or another backend"
+        )
     return (
         f"{check.label} failed its precision check against onnxruntime fp32 on "
         f"{check.images} images ({check.created[:10]}, {check.machine}): max |diff| "

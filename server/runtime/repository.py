@@ -38,6 +38,7 @@ def new_manifest(
     fused_fp16: GraphFile | None,
     opset: int,
     versions: dict[str, str],
+    fused_int8: GraphFile | None = None,
 ) -> Manifest:
     """The manifest of a freshly built repository: tensors from the contract, weights
     normalised per finding, version from what users get back."""
@@ -58,6 +59,7 @@ def new_manifest(
         fused_fp16=fused_fp16,
         opset=opset,
         versions=versions,
+        fused_int8=fused_int8,
     )
 
 
