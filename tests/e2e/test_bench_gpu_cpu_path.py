@@ -5,6 +5,7 @@ report's files and structure come out right. The CUDA path needs a GPU: not test
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -14,7 +15,11 @@ import pytest
 
 from tests.support import ROOT
 
-pytest.importorskip("locust", reason="the benchmark's load generator (bench extra) is missing")
+# Looked up, never imported here: locust monkey-patches the whole process with gevent.
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("locust") is None,
+    reason="the benchmark's load generator (locust) is missing",
+)
 
 
 def test_cpu_path_writes_a_complete_report(tiny_copy: Path, tmp_path: Path) -> None:
