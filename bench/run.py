@@ -467,6 +467,8 @@ def main() -> int:
 
     name = re.sub(r"[^a-z0-9]+", "-", f"{report['machine']['cpu']}-{os.cpu_count()}core".lower())
     stem = args.out / f"{name.strip('-')}-{report['date']}"
+    if stem.with_suffix(".json").exists():  # a second run that day keeps the first report
+        stem = stem.with_name(f"{stem.name}-{dt.datetime.now():%H%M}")
     args.out.mkdir(parents=True, exist_ok=True)
     stem.with_suffix(".json").write_text(json.dumps(report, indent=2))
     stem.with_suffix(".md").write_text(markdown(report))
