@@ -21,7 +21,7 @@ from chexray import __version__
 from server.api import accounts, legacy, operations, predictions, studies, web
 from server.api.deps import DEPENDENCIES
 from server.api.errors import EXCEPTION_HANDLERS
-from server.api.middleware import HttpMetrics, request_context
+from server.api.middleware import HttpMetrics, nosniff, request_context
 from server.api.ratelimit import RateLimiter
 from server.service import Manifest, Service
 from server.settings import Settings
@@ -81,6 +81,7 @@ def create_app(settings: Settings | None = None, manifest: Manifest | None = Non
         dependencies=DEPENDENCIES,
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=[lambda app: request_context(app, http_metrics)],
+        before_send=[nosniff],
         lifespan=[lifespan],
         state=State(
             {

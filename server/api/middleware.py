@@ -6,6 +6,7 @@ import re
 import time
 import uuid
 
+from litestar.datastructures import MutableScopeHeaders
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
@@ -28,6 +29,13 @@ class HttpMetrics:
             buckets=LATENCY,
             registry=registry,
         )
+
+
+async def nosniff(message: Message, scope: Scope) -> None:
+    """A `before_send` hook, so that it reaches every answer, the router's own 404s too: no
+    answer of this server is to be reinterpreted by a browser's content sniffing."""
+    if message["type"] == "http.response.start":
+        MutableScopeHeaders.from_message(message)["X-Content-Type-Options"] = "nosniff"
 
 
 def request_context(app: ASGIApp, metrics: HttpMetrics) -> ASGIApp:

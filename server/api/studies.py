@@ -15,8 +15,8 @@ from server.api.schemas import StudyOut, StudyPage
 from server.service import FINDINGS, Principal, finding_for, slug
 
 PNG = "image/png"
-# Media of a study never changes; only its owner may fetch it.
-PRIVATE = {"Cache-Control": "private, max-age=3600"}
+# X-rays and heatmaps are health data: no cache, shared or private, keeps a copy.
+PRIVATE = {"Cache-Control": "private, no-store"}
 
 
 def finding_of(name: str) -> str:
@@ -44,7 +44,7 @@ async def list_studies(
     request: Request,
     auth: AuthDep,
     service: ServiceDep,
-    page: int = Parameter(default=1, ge=1),
+    page: int = Parameter(default=1, ge=1, le=1_000_000),
     per_page: int = Parameter(default=20, ge=1, le=100),
     finding: str | None = Parameter(default=None, description="only studies where it is present"),
 ) -> StudyPage:

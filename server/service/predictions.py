@@ -109,7 +109,8 @@ class Predictions:
         study = await self.study(study_id, user_id)
         if study.owner_id is None:
             raise not_found()  # anonymous studies have no owner who could delete them
-        await self.store.delete_study(study)
+        if not await self.store.delete_study(study.id):
+            raise not_found()  # deleted by a concurrent request meanwhile
 
     async def image(self, study_id: str, user_id: int | None) -> bytes:
         """The X-ray as decoded (PNG, 8-bit grey)."""

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import TypeVar
 
 import anyio.to_thread
-from sqlmodel import Session
 
 from server.store import studies
 from server.store.db import Database
@@ -74,12 +73,12 @@ class Store:
     ) -> tuple[list[Study], int]:
         return await self.call(studies.list_studies, user_id, page, per_page, finding)
 
-    async def delete_study(self, study: Study) -> None:
-        def delete(s: Session) -> None:
-            studies.delete_study(s, s.merge(study))
-
-        await self.call(delete)
-        await self._thread(self.media.delete_study, study.id)
+    async def delete_study(self, study_id: str) -> bool:
+        """The row, then its files; False when another request deleted it first."""
+        if not await self.call(studies.delete_study, study_id):
+            return False
+        await self._thread(self.media.delete_study, study_id)
+        return True
 
     async def delete_media(self, study_ids: list[str]) -> None:
         for study_id in study_ids:

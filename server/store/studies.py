@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 
-from sqlmodel import Session, col, func, select
+from sqlmodel import Session, col, delete, func, select
 
 from server.store.models import Study
 
@@ -48,6 +48,8 @@ def list_studies(
     return list(rows), int(total)
 
 
-def delete_study(s: Session, study: Study) -> None:
-    s.delete(study)
+def delete_study(s: Session, study_id: str) -> bool:
+    """Delete the row; False when it was already gone (a concurrent delete won)."""
+    deleted = s.exec(delete(Study).where(col(Study.id) == study_id)).rowcount
     s.commit()
+    return bool(deleted)
