@@ -206,14 +206,20 @@ def _dicom_tags(ds: object) -> dict[str, object]:
     return tags
 
 
-def _first(value: object) -> float:
-    """A DICOM number that may be multi-valued (several windows): the first."""
-    if isinstance(value, str | bytes):
-        return float(value)
+def _first(value: object) -> float | None:
+    """A DICOM number that may be multi-valued (several windows): the first; None when it
+    is empty, not a number, or not finite (damaged headers exist in the wild)."""
     try:
-        return float(value[0])  # type: ignore[index]
-    except TypeError:
-        return float(value)  # type: ignore[arg-type]
+        if isinstance(value, str | bytes):
+            number = float(value)
+        else:
+            try:
+                number = float(value[0])  # type: ignore[index]
+            except TypeError:
+                number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError, IndexError):
+        return None
+    return number if np.isfinite(number) else None
 
 
 def _window(arr: np.ndarray, ds: object) -> np.ndarray | None:
@@ -227,9 +233,9 @@ def _window(arr: np.ndarray, ds: object) -> np.ndarray | None:
         return np.clip(out / float(2**bits - 1), 0.0, 1.0)
     if "WindowCenter" not in ds or "WindowWidth" not in ds:
         return None
-    centre, width = _first(ds.WindowCenter), _first(ds.WindowWidth)
-    if width <= 0:
-        return None
+    centre, width = _first(ds.get("WindowCenter")), _first(ds.get("WindowWidth"))
+    if centre is None or width is None or width <= 0:
+        return None  # unusable window: the caller stretches the full range instead
     function = str(getattr(ds, "VOILUTFunction", "LINEAR")).upper()
     x = arr.astype(np.float32)
     if function == "SIGMOID":
@@ -241,27 +247,76 @@ def _window(arr: np.ndarray, ds: object) -> np.ndarray | None:
     return np.clip((x - (centre - 0.5)) / (width - 1) + 0.5, 0.0, 1.0)
 
 
+DEFLATED = "1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian
+
+
+def _file_meta(stream: io.BytesIO):
+    """The file meta group alone (preamble, DICM, group 2), the stream left after it."""
+    from pydicom.filereader import _read_file_meta_info, read_preamble
+
+    read_preamble(stream, False)
+    return _read_file_meta_info(stream)
+
+
+def _inflated(stream: io.BytesIO, meta, limit: int):
+    """A deflated DICOM's dataset, inflated under `limit` bytes: a few kilobytes of deflate
+    can claim gigabytes, and pydicom would inflate them all before anything is checked."""
+    import zlib
+
+    from pydicom.filereader import read_dataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    try:
+        body = inflater.decompress(stream.read(), limit + 1)
+    except zlib.error as exc:
+        raise corrupt("DICOM", f"deflated data: {exc}") from None
+    if len(body) > limit or inflater.unconsumed_tail:
+        raise TooLarge(
+            "image_too_large",
+            f"the deflated DICOM inflates to more than {limit / 2**20:.0f} MiB: refused",
+        )
+    ds = read_dataset(io.BytesIO(body), is_implicit_VR=False, is_little_endian=True)
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian  # what the inflated bytes now are
+    ds.file_meta = meta
+    return ds
+
+
 def _decode_dicom(data: bytes, max_pixels: int) -> DecodedImage:
     import pydicom
     from pydicom.errors import InvalidDicomError
     from pydicom.pixels import apply_modality_lut
 
+    errors = (InvalidDicomError, EOFError, ValueError, struct.error, OSError, KeyError)
     try:
-        ds = pydicom.dcmread(io.BytesIO(data))
-    except (InvalidDicomError, EOFError, ValueError, struct.error, OSError, KeyError) as exc:
+        stream = io.BytesIO(data)
+        meta = _file_meta(stream)
+        if str(meta.get("TransferSyntaxUID", "")) == DEFLATED:
+            # Room for the largest image we accept at 16 bits, plus its header.
+            ds = _inflated(stream, meta, 2 * max_pixels + 1024 * 1024)
+        else:
+            ds = pydicom.dcmread(io.BytesIO(data))
+    except errors as exc:
         raise corrupt("DICOM", f"{type(exc).__name__}: {exc}") from None
     if "PixelData" not in ds:
         raise UnprocessableInput(
             "no_pixel_data",
             "the DICOM file holds no image (no Pixel Data element: truncated?)",
         )
-    rows, cols = int(getattr(ds, "Rows", 0) or 0), int(getattr(ds, "Columns", 0) or 0)
-    _check_pixels("DICOM", cols, rows, max_pixels)
-    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    try:
+        rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    except (TypeError, ValueError) as exc:
+        raise corrupt("DICOM", f"image size: {exc}") from None
+    # One frame is decoded (below), with all its samples: that is what the budget bounds.
+    _check_pixels("DICOM", cols * samples, rows, max_pixels)
     photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).upper()
     syntax = ds.file_meta.TransferSyntaxUID if "TransferSyntaxUID" in ds.file_meta else None
     try:
-        arr = ds.pixel_array if frames == 1 else ds.pixel_array[0]
+        if frames > 1:
+            ds.pixel_array_options(index=0)  # decode the first frame, not all of them
+        arr = ds.pixel_array
     except (NotImplementedError, RuntimeError) as exc:
         name = f"{syntax.name} ({syntax})" if syntax is not None else "unknown"
         raise UnsupportedInput(
@@ -280,6 +335,13 @@ def _decode_dicom(data: bytes, max_pixels: int) -> DecodedImage:
         grey = cv2.cvtColor(arr, cv2.COLOR_RGB2GRAY)
         pixels = grey if grey.dtype == np.uint8 else stretch_to_uint8(grey)
     else:
+        for tag in ("RescaleSlope", "RescaleIntercept"):
+            if tag in ds and _first(ds.get(tag)) is None:
+                raise UnprocessableInput(
+                    "corrupt_image",
+                    f"the DICOM's {tag} ({ds.get(tag)!r}) is not a finite number, so its "
+                    "pixel values cannot be read: fix the header or send the image as PNG",
+                )
         values = apply_modality_lut(arr, ds)
         windowed = _window(values, ds)
         if windowed is not None:

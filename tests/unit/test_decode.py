@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import io
+
 import cv2
 import numpy as np
 import pytest
 
 from server.api.errors import status_of
 from server.runtime.decode import DecodeError, decode
-from tests.support.images import anatomy, dicom, jpeg, png, png_header_only
+from tests.support.images import anatomy, dicom, dicom_ramp, jpeg, png, png_header_only
 
 MAX_BYTES, MAX_PIXELS = 32 * 2**20, 40_000_000
 IMG = anatomy()  # float 0..1, 240 x 200
@@ -204,3 +206,64 @@ def test_truncated_files(kind: str) -> None:
         refused(data[:300], "no_pixel_data", 422)
     else:
         refused(data[:20], "corrupt_image", 422)
+
+
+def deflated(values: np.ndarray, **kwargs) -> bytes:
+    """The test DICOM re-saved with the Deflated Explicit VR Little Endian syntax."""
+    import pydicom
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    ds = pydicom.dcmread(io.BytesIO(dicom(values, **kwargs)))
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def test_a_deflated_dicom_is_read() -> None:
+    ramp = np.rint(np.linspace(0, 4095, 240 * 200)).reshape(240, 200).astype(np.uint16)
+    img = decode(deflated(ramp), 1 << 26, 40_000_000)
+    assert (img.width, img.height, img.format) == (200, 240, "dicom")
+    assert img.pixels[0, 0] < img.pixels[-1, -1]
+
+
+def test_a_deflate_bomb_is_refused_before_it_is_inflated() -> None:
+    # 2000x2000 zeros at 16 bits: 8 MB inflated from a few kilobytes; the budget of one
+    # megapixel allows about 3 MB.
+    data = deflated(np.zeros((2000, 2000), np.uint16))
+    assert len(data) < 100_000
+    err = refused(data, "image_too_large", 413, max_pixels=1_000_000)
+    assert "inflates" in err.message
+
+
+def test_only_the_first_frame_is_decoded_and_budgeted() -> None:
+    frame = np.rint(anatomy() * 4095).astype(np.uint16)
+    img = decode(dicom(frame, frames=40), 1 << 26, 240 * 200)  # 40 frames, budget of one
+    assert (img.width, img.height) == (200, 240)
+    assert any("first of 40 frames" in n for n in img.notes)
+
+
+@pytest.mark.parametrize(("centre", "width"), [("", "400"), ("2048", "wide"), ("nan", "100")])
+def test_damaged_window_tags_fall_back_to_the_full_range(centre: str, width: str) -> None:
+    import pydicom
+
+    ds = pydicom.dcmread(io.BytesIO(dicom_ramp()))
+    # As text (LO): pydicom itself refuses to write such values as DS.
+    ds["WindowCenter"] = pydicom.DataElement(0x00281050, "LO", centre)
+    ds["WindowWidth"] = pydicom.DataElement(0x00281051, "LO", width)
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    img = decode(buf.getvalue(), 1 << 26, 40_000_000)
+    assert img.pixels.min() == 0 and img.pixels.max() == 255  # stretched, not black
+
+
+def test_a_nan_rescale_slope_is_refused_not_analysed_as_black() -> None:
+    import pydicom
+
+    ds = pydicom.dcmread(io.BytesIO(dicom_ramp()))
+    ds["RescaleSlope"] = pydicom.DataElement(0x00281053, "LO", "NaN")
+    ds.RescaleIntercept = "0"
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    err = refused(buf.getvalue(), "corrupt_image", 422)
+    assert "RescaleSlope" in err.message
