@@ -9,23 +9,28 @@ statuses, only the owner sees a study, anonymous uploads belong to nobody.
 from __future__ import annotations
 
 import datetime as dt
+from typing import Annotated
 
 import msgspec
 from litestar import Request, Response, get, post
 from litestar.params import FromPath, JSONBody
+from msgspec import Meta
 
 from server.api.accounts import rate_limit
 from server.api.deps import AuthDep, LimiterDep, PrincipalDep, ServiceDep
 from server.api.errors import ApiError
+from server.api.schemas import Password, Username
 from server.api.studies import finding_of, png, user_id
 from server.api.uploads import read_upload
 from server.service import FINDINGS, AnalyseOptions, Result, heatmap_file
 
 
+# The same field rules as /api/v1 (the legacy application had none): a username of 1-150
+# word characters, passwords of at most 1024 characters.
 class SignupIn(msgspec.Struct):
-    username: str
-    password: str
-    password2: str
+    username: Username
+    password: Password
+    password2: Password
 
 
 class SignupOut(msgspec.Struct):
@@ -35,8 +40,8 @@ class SignupOut(msgspec.Struct):
 
 
 class LegacyLoginIn(msgspec.Struct):
-    username: str
-    password: str
+    username: Annotated[str, Meta(max_length=150)]
+    password: Password
 
 
 class LegacyLoginOut(msgspec.Struct):
@@ -46,7 +51,7 @@ class LegacyLoginOut(msgspec.Struct):
 
 
 class XrayIn(msgspec.Struct):
-    xray_id: str
+    xray_id: Annotated[str, Meta(max_length=64)]
 
 
 class LegacyXray(msgspec.Struct):

@@ -120,6 +120,22 @@ def test_legacy_errors_are_4xx(c) -> None:
     )
 
 
+@pytest.mark.parametrize("username", ["x" * 300, "", "with space", "nul\x00byte"])
+def test_legacy_signup_keeps_the_username_rules(c, username: str) -> None:
+    r = c.post(
+        "/api/chexray/signup/",
+        json={"username": username, "password": PASSWORD, "password2": PASSWORD},
+    )
+    error(r, 400, "invalid_request")
+
+
+def test_legacy_login_fields_are_bounded(c) -> None:
+    r = c.post("/api/chexray/login/", json={"username": "u" * 151, "password": PASSWORD})
+    error(r, 400, "invalid_request")
+    r = c.post("/api/chexray/login/", json={"username": "u", "password": "p" * 1025})
+    error(r, 400, "invalid_request")
+
+
 def test_anonymous_upload_belongs_to_nobody(c) -> None:
     r = c.post(
         "/api/chexray/anonupload/",
