@@ -5,7 +5,12 @@ from __future__ import annotations
 from litestar import Request, Response, delete, get, patch, post
 from litestar.params import JSONBody
 
-from server.api.auth import clear_session_cookies, client_key, set_session_cookies
+from server.api.auth import (
+    check_sign_in_request,
+    clear_session_cookies,
+    client_key,
+    set_session_cookies,
+)
 from server.api.deps import AuthDep, LimiterDep, PrincipalDep, ServiceDep, SettingsDep
 from server.api.errors import ApiError
 from server.api.ratelimit import RateLimiter
@@ -47,6 +52,7 @@ async def register(
 ) -> Profile:
     """Create an account (the legacy application's form: username, email, password,
     password2)."""
+    check_sign_in_request(request, cookie=False)
     rate_limit(limiter, request, data.username)
     user = await service.accounts.register(
         data.username, data.password, data.password2, data.email, data.full_name
@@ -64,6 +70,7 @@ async def login(
 ) -> Response[TokenOut]:
     """Exchange a username and password for a bearer token, or (cookie=true) a session
     cookie for the web app plus the CSRF token to echo in X-CSRF-Token."""
+    check_sign_in_request(request, data.cookie)
     rate_limit(limiter, request, data.username)
     kind = "session" if data.cookie else "bearer"
     user, raw, token = await service.accounts.sign_in(data.username, data.password, kind)

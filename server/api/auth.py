@@ -76,6 +76,30 @@ async def provide_auth(principal: NamedDependency[Principal | None]) -> Principa
     return principal
 
 
+def check_sign_in_request(request: Request, cookie: bool) -> None:
+    """A sign-in must be JSON (a cross-site HTML form can only send form or text bodies),
+    and a cookie sign-in must come from this site's own pages: otherwise another site
+    could sign a visitor into the attacker's account (login CSRF)."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != "application/json":
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            "send the credentials as a JSON body with Content-Type: application/json",
+        )
+    if not cookie:
+        return
+    fetch_site = request.headers.get("sec-fetch-site", "").lower()
+    origin = request.headers.get("origin")
+    own = f"{request.url.scheme}://{request.headers.get('host', '')}"
+    if fetch_site in ("cross-site", "same-site") or (origin is not None and origin != own):
+        raise ApiError(
+            403,
+            "cross_site_sign_in",
+            "a cookie sign-in must come from this server's own pages",
+        )
+
+
 def client_key(request: Request) -> str:
     return f"ip:{request.client.host if request.client else 'unknown'}"
 

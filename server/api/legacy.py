@@ -17,6 +17,7 @@ from litestar.params import FromPath, JSONBody
 from msgspec import Meta
 
 from server.api.accounts import rate_limit
+from server.api.auth import check_sign_in_request
 from server.api.deps import AuthDep, LimiterDep, PrincipalDep, ServiceDep
 from server.api.errors import ApiError
 from server.api.schemas import Password, Username
@@ -108,6 +109,7 @@ TAGS = ["legacy compatibility"]
 async def signup(
     request: Request, data: JSONBody[SignupIn], service: ServiceDep, limiter: LimiterDep
 ) -> SignupOut:
+    check_sign_in_request(request, cookie=False)
     rate_limit(limiter, request, data.username)
     user = await service.accounts.register(data.username, data.password, data.password2)
     raw, _ = await service.accounts.issue_token(user, "bearer")
@@ -118,6 +120,7 @@ async def signup(
 async def legacy_login(
     request: Request, data: JSONBody[LegacyLoginIn], service: ServiceDep, limiter: LimiterDep
 ) -> LegacyLoginOut:
+    check_sign_in_request(request, cookie=False)
     rate_limit(limiter, request, data.username)
     user, raw, _ = await service.accounts.sign_in(data.username, data.password, "bearer")
     return LegacyLoginOut(user.id, user.username, raw)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from tests.support.api import PASSWORD, client, error, register
@@ -58,3 +59,35 @@ def test_login_and_register_are_rate_limited(tiny_repo: Path, tmp_path: Path) ->
         error(r, 429, "rate_limited")  # same client address
         r = c.post("/api/chexray/login/", json={"username": "x", "password": "y"})
         error(r, 429, "rate_limited")
+
+
+def test_sign_in_needs_json_and_a_cookie_sign_in_this_site(tiny_repo: Path, tmp_path: Path):
+    """Login CSRF: a cross-site form cannot send JSON, nor claim this site's origin."""
+    with client(tiny_repo, tmp_path) as c:
+        register(c, "dora")
+        c.cookies.clear()
+        body = json.dumps({"username": "dora", "password": PASSWORD, "cookie": True})
+        for path in ("/api/v1/auth/login", "/api/chexray/login/"):
+            r = c.post(path, content=body, headers={"content-type": "text/plain"})
+            assert r.status_code == 415 and r.json()["code"] == "unsupported_media_type"
+        evil = {"origin": "https://evil.example", "sec-fetch-site": "cross-site"}
+        for headers in (evil, {"sec-fetch-site": "cross-site"}, {"origin": evil["origin"]}):
+            r = c.post(
+                "/api/v1/auth/login",
+                json={"username": "dora", "password": PASSWORD, "cookie": True},
+                headers=headers,
+            )
+            assert r.status_code == 403 and r.json()["code"] == "cross_site_sign_in"
+            assert "chexray_session" not in r.headers.get("set-cookie", "")
+        own = {"origin": "http://testserver.local", "sec-fetch-site": "same-origin"}
+        r = c.post(
+            "/api/v1/auth/login",
+            json={"username": "dora", "password": PASSWORD, "cookie": True},
+            headers=own,
+        )
+        assert r.status_code == 200, r.text
+        # Bearer logins (API clients, no cookie) are not tied to an origin.
+        r = c.post(
+            "/api/v1/auth/login", json={"username": "dora", "password": PASSWORD}, headers=evil
+        )
+        assert r.status_code == 200 and r.json()["token"]
