@@ -27,7 +27,12 @@ from server.api.schemas import (
 from server.service import Service, User
 
 
-def rate_limit(limiter: RateLimiter, request: Request, username: str) -> None:
+def guard_sign_in(
+    limiter: RateLimiter, request: Request, username: str, cookie: bool = False
+) -> None:
+    """Before any register or log-in, on both APIs: a JSON body from where it may come
+    (check_sign_in_request), then the attempt counted against the rate limits."""
+    check_sign_in_request(request, cookie)
     wait = limiter.hit(client_key(request), f"user:{username.lower()}")
     if wait is not None:
         seconds = int(wait + 0.999)
@@ -52,8 +57,7 @@ async def register(
 ) -> Profile:
     """Create an account (the legacy application's form: username, email, password,
     password2)."""
-    check_sign_in_request(request, cookie=False)
-    rate_limit(limiter, request, data.username)
+    guard_sign_in(limiter, request, data.username)
     user = await service.accounts.register(
         data.username, data.password, data.password2, data.email, data.full_name
     )
@@ -70,8 +74,7 @@ async def login(
 ) -> Response[TokenOut]:
     """Exchange a username and password for a bearer token, or (cookie=true) a session
     cookie for the web app plus the CSRF token to echo in X-CSRF-Token."""
-    check_sign_in_request(request, data.cookie)
-    rate_limit(limiter, request, data.username)
+    guard_sign_in(limiter, request, data.username, data.cookie)
     kind = "session" if data.cookie else "bearer"
     user, raw, token = await service.accounts.sign_in(data.username, data.password, kind)
     body = TokenOut(

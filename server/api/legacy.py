@@ -16,8 +16,7 @@ from litestar import Request, Response, get, post
 from litestar.params import FromPath, JSONBody
 from msgspec import Meta
 
-from server.api.accounts import rate_limit
-from server.api.auth import check_sign_in_request
+from server.api.accounts import guard_sign_in
 from server.api.deps import AuthDep, LimiterDep, PrincipalDep, ServiceDep
 from server.api.errors import ApiError
 from server.api.schemas import Password, Username
@@ -109,8 +108,7 @@ TAGS = ["legacy compatibility"]
 async def signup(
     request: Request, data: JSONBody[SignupIn], service: ServiceDep, limiter: LimiterDep
 ) -> SignupOut:
-    check_sign_in_request(request, cookie=False)
-    rate_limit(limiter, request, data.username)
+    guard_sign_in(limiter, request, data.username)
     user = await service.accounts.register(data.username, data.password, data.password2)
     raw, _ = await service.accounts.issue_token(user, "bearer")
     return SignupOut("Successfully registered a new user.", user.username, raw)
@@ -120,8 +118,7 @@ async def signup(
 async def legacy_login(
     request: Request, data: JSONBody[LegacyLoginIn], service: ServiceDep, limiter: LimiterDep
 ) -> LegacyLoginOut:
-    check_sign_in_request(request, cookie=False)
-    rate_limit(limiter, request, data.username)
+    guard_sign_in(limiter, request, data.username)
     user, raw, _ = await service.accounts.sign_in(data.username, data.password, "bearer")
     return LegacyLoginOut(user.id, user.username, raw)
 
@@ -172,14 +169,12 @@ async def legacy_media(
     service: ServiceDep,
 ) -> Response[bytes]:
     """The legacy /media/ URLs, with the same ownership check as the API."""
-    who = user_id(principal)
-    await service.predictions.study(study_id, who)  # 404 for a study the caller can't see
+    study = await service.predictions.study(study_id, user_id(principal))
     name = file_name
     if name == "image.png":
-        return png(await service.predictions.image(study_id, who))
+        return png(await service.predictions.image(study))
     if name == "heatmap.png":
-        return png(await service.predictions.heatmap(study_id, who, None))
+        return png(await service.predictions.heatmap(study, None))
     if name.startswith("heatmap-") and name.endswith(".png"):
-        finding = finding_of(name[8:-4])
-        return png(await service.predictions.heatmap(study_id, who, finding))
+        return png(await service.predictions.heatmap(study, finding_of(name[8:-4])))
     raise ApiError(404, "not_found", "no such file")

@@ -78,7 +78,8 @@ async def get_image(
     study_id: FromPath[str], principal: PrincipalDep, service: ServiceDep
 ) -> Response[bytes]:
     """The X-ray as decoded (PNG, 8-bit grey; DICOMs are never stored as DICOM)."""
-    return png(await service.predictions.image(study_id, user_id(principal)))
+    study = await service.predictions.study(study_id, user_id(principal))
+    return png(await service.predictions.image(study))
 
 
 @get(
@@ -91,7 +92,8 @@ async def get_heatmap(
     study_id: FromPath[str], principal: PrincipalDep, service: ServiceDep
 ) -> Response[bytes]:
     """The findings called present, combined (the most probable one when none is)."""
-    return png(await service.predictions.heatmap(study_id, user_id(principal), None))
+    study = await service.predictions.study(study_id, user_id(principal))
+    return png(await service.predictions.heatmap(study, None))
 
 
 @get(
@@ -105,4 +107,5 @@ async def get_finding_heatmap(
 ) -> Response[bytes]:
     """One finding's heatmap; `finding` like `pleural_effusion`."""
     name = finding_of(finding)
-    return png(await service.predictions.heatmap(study_id, user_id(principal), name))
+    study = await service.predictions.study(study_id, user_id(principal))
+    return png(await service.predictions.heatmap(study, name))

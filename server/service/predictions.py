@@ -112,17 +112,16 @@ class Predictions:
         if not await self.store.delete_study(study.id):
             raise not_found()  # deleted by a concurrent request meanwhile
 
-    async def image(self, study_id: str, user_id: int | None) -> bytes:
-        """The X-ray as decoded (PNG, 8-bit grey)."""
-        study = await self.study(study_id, user_id)
+    async def image(self, study: Study) -> bytes:
+        """The X-ray as decoded (PNG, 8-bit grey), of a study from `study()`."""
         data = await self.store.read_file(study.id, IMAGE)
         if data is None:
             raise not_found("image")
         return data
 
-    async def heatmap(self, study_id: str, user_id: int | None, finding: str | None) -> bytes:
-        """The stored combined heatmap, or one finding's, drawn once and kept."""
-        study = await self.study(study_id, user_id)
+    async def heatmap(self, study: Study, finding: str | None) -> bytes:
+        """The stored combined heatmap, or one finding's, drawn once and kept; of a study
+        from `study()`."""
         name = heatmap_file(finding)
         cached = await self.store.read_file(study.id, name)
         if cached is not None:
