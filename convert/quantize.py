@@ -211,9 +211,7 @@ class LabelledImages:
 def labelled_images(csv: Path, root: Path | None, size: tuple[int, int]) -> LabelledImages:
     """A labelled set (CheXpert CSV or plain, evaluation/labels.py) at model resolution."""
     from evaluation.labels import LabelError, read_labelled_csv
-    from server.errors import ChexrayError
-    from server.runtime.decode import decode
-    from server.runtime.preprocess import resize_for_model
+    from server.runtime.precision import read_model_input
     from server.settings import Settings
 
     settings = Settings()
@@ -223,12 +221,11 @@ def labelled_images(csv: Path, root: Path | None, size: tuple[int, int]) -> Labe
         raise ConversionError(f"--int8-labelled: {exc}") from None
     images, rows, unreadable = [], [], 0
     for i, path in enumerate(labelled.paths):
-        try:
-            image = decode(path.read_bytes(), settings.max_upload_bytes, settings.max_pixels)
-        except (OSError, ChexrayError):
+        pixels = read_model_input(path, size, settings)
+        if pixels is None:
             unreadable += 1
             continue
-        images.append(resize_for_model(image.pixels, size))
+        images.append(pixels)
         rows.append(i)
     if not images:
         raise ConversionError(f"--int8-labelled {csv}: none of its {len(labelled.paths)} images")
@@ -253,26 +250,28 @@ def evaluate_check(
 ) -> PrecisionCheck:
     """The int8 graph's check on a labelled set: passed when no finding's AUC drops by more
     than INT8_AUC_DROP against fp32; the parity numbers are recorded beside."""
+    import tempfile
+
     from server.runtime.backends import Machine
-    from server.runtime.precision import compare, int8_choice
+    from server.runtime.precision import compare, int8_choice, side_by_side
+    from server.settings import Settings
 
     if manifest.fused_int8 is None:
         raise ConversionError("the repository has no int8 graph to check")
-    directory = Path(directory)
-    fp32_run = _fp32_runner(directory / manifest.fused.file)
-    expected, _ = _timed(fp32_run, labelled.images)
-    del fp32_run
-    run, _by = int8_runner(directory / manifest.fused_int8.file, openvino)
-    got, seconds = _timed(run, labelled.images)
+    choice = int8_choice(Machine(cuda=False, openvino=openvino, bf16=False))
+    with tempfile.TemporaryDirectory(prefix="chexray-int8-") as tmp:
+        settings = Settings(model_dir=Path(directory), data_dir=Path(tmp), optimized_cache=False)
+        expected, got, seconds = side_by_side(
+            choice, manifest, Path(directory), settings, labelled.images
+        )
     drops = auc_drops(labelled.labels, expected, got)
     if all(d is None for d in drops):
         raise ConversionError(
             f"--int8-labelled {labelled.source}: no finding has both positive and negative "
             "labels among its readable images: no AUC to compare"
         )
-    label = int8_choice(Machine(cuda=False, openvino=openvino, bf16=False)).label
     what = f"{len(labelled.images)} labelled images of {labelled.source}"
-    check = compare(label, expected, got, manifest.thresholds.values, what, seconds)
+    check = compare(choice.label, expected, got, manifest.thresholds.values, what, seconds)
     limit = contract.INT8_AUC_DROP
     return msgspec.structs.replace(
         check,
@@ -281,12 +280,3 @@ def evaluate_check(
         auc_limit=limit,
         passed=all(d is None or d <= limit for d in drops),
     )
-
-
-def _timed(run: Callable[[np.ndarray], np.ndarray], images: np.ndarray):
-    import time
-
-    run(images[:CALIBRATION_BATCH])
-    t = time.perf_counter()
-    probs = probabilities(run, images)
-    return probs, (time.perf_counter() - t) / len(images)

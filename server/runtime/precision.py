@@ -59,19 +59,24 @@ def load_images_at(
     folder: Path, size: tuple[int, int], settings: Settings, limit: int
 ) -> np.ndarray:
     """`load_images` at a given (height, width): uint8 [N, height, width]."""
-    h, w = size
     found = []
     for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
         if len(found) >= limit:
             break
-        try:
-            image = decode(path.read_bytes(), settings.max_upload_bytes, settings.max_pixels)
-        except ChexrayError:
-            continue
-        found.append(resize_for_model(image.pixels, (h, w)))
+        if (pixels := read_model_input(path, size, settings)) is not None:
+            found.append(pixels)
     if not found:
         raise ValueError(f"{folder}: no readable PNG, JPEG or DICOM file")
     return np.stack(found)
+
+
+def read_model_input(path: Path, size: tuple[int, int], settings: Settings) -> np.ndarray | None:
+    """One X-ray file decoded and resized as the engine does; None when unreadable."""
+    try:
+        image = decode(path.read_bytes(), settings.max_upload_bytes, settings.max_pixels)
+    except (OSError, ChexrayError):
+        return None
+    return resize_for_model(image.pixels, size)
 
 
 def _run_all(backend, images: np.ndarray, batch: int) -> tuple[np.ndarray, float]:
@@ -116,6 +121,20 @@ def compare(
     )
 
 
+def side_by_side(
+    choice: Choice, manifest: Manifest, directory: Path, settings: Settings, images: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Probabilities [N, 5] of onnxruntime fp32 and of `choice` on the same images, and
+    `choice`'s seconds per image."""
+    batch = max(1, min(settings.max_batch, 8))
+    reference = open_backend(REFERENCE, manifest, directory, settings)
+    expected, _ = _run_all(reference, images, batch)
+    del reference  # one full-size session at a time
+    candidate = open_backend(choice, manifest, directory, settings)
+    got, seconds = _run_all(candidate, images, batch)
+    return expected, got, seconds
+
+
 def run_check(
     choice: Choice,
     manifest: Manifest,
@@ -125,12 +144,7 @@ def run_check(
 ) -> PrecisionCheck:
     """Compare `choice` with onnxruntime fp32 on the check set."""
     images, what = check_images(manifest, extra)
-    batch = max(1, min(settings.max_batch, 8))
-    reference = open_backend(REFERENCE, manifest, directory, settings)
-    expected, _ = _run_all(reference, images, batch)
-    del reference  # one full-size session at a time
-    candidate = open_backend(choice, manifest, directory, settings)
-    got, seconds = _run_all(candidate, images, batch)
+    expected, got, seconds = side_by_side(choice, manifest, directory, settings, images)
     check = compare(choice.label, expected, got, manifest.thresholds.values, what, seconds)
     log.info(
         "precision check %s: %s (max |diff| %.1e, %d call(s) differ, %d outside the margin)",
