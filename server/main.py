@@ -54,13 +54,17 @@ def serve(overrides: dict[str, object], preset: str = "default", build: bool = T
     import uvicorn
 
     from server.app import create_app
+    from server.http_server import DrainingServer
 
-    uvicorn.run(
-        create_app(settings, manifest),
+    app = create_app(settings, manifest)
+    config = uvicorn.Config(
+        app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
         proxy_headers=True,
+        limit_concurrency=settings.max_connections,
         timeout_graceful_shutdown=30,
     )
+    DrainingServer(config, app.state.service, settings.drain_timeout_s).run()
     return 0

@@ -83,7 +83,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # throughput at 16 (batches of 4: 17 images/s engine limit vs 16 at batches of 2).
     max_batch: int = 4
     max_wait_ms: float = 0.0
-    max_queue: int = 64
+    max_queue: int = 64  # analyses admitted at once (uploading, decoding, queued, running)
+    # Admission by deadline: an analysis is refused (503 + Retry-After) before its body is
+    # read when the wait it would face exceeds this budget, estimated from how long batches
+    # take lately. No caller waits more than inference_timeout_s for the engine.
+    max_queue_wait_ms: float = 3000.0
+    inference_timeout_s: float = 60.0
     instances: int = 1  # sessions running batches side by side (useful on a GPU)
     warmup_batch_sizes: tuple[int, ...] = (1, 2, 4)
 
@@ -108,6 +113,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     arena_extend_strategy: Literal["kNextPowerOfTwo", "kSameAsRequested"] = "kSameAsRequested"
     cudnn_conv_algo_search: Literal["EXHAUSTIVE", "HEURISTIC", "DEFAULT"] = "HEURISTIC"
 
+    # The HTTP server: at most max_connections connections and requests at once (past that,
+    # a bare 503); on SIGTERM, analyses already admitted get up to drain_timeout_s to
+    # finish while new ones are refused with 503, then the server stops.
+    max_connections: int = 1000
+    drain_timeout_s: float = 25.0
+
     # Heatmaps.
     heatmap_alpha: float = 0.45
     decode_threads: int = 2  # decoding and rendering, off the event loop
@@ -120,12 +131,18 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "max_queue",
             "instances",
             "decode_threads",
+            "max_connections",
         )
         for name in positive:
             if getattr(self, name) < 1:
                 raise SettingsError(f"{PREFIX}{name.upper()} must be at least 1", name)
-        if self.max_wait_ms < 0:
-            raise SettingsError(f"{PREFIX}MAX_WAIT_MS must be >= 0", "max_wait_ms")
+        for name in ("max_wait_ms", "max_queue_wait_ms", "drain_timeout_s"):
+            if getattr(self, name) < 0:
+                raise SettingsError(f"{PREFIX}{name.upper()} must be >= 0", name)
+        if self.inference_timeout_s <= 0:
+            raise SettingsError(
+                f"{PREFIX}INFERENCE_TIMEOUT_S must be above 0", "inference_timeout_s"
+            )
         if not 0.0 <= self.heatmap_alpha <= 1.0:
             raise SettingsError(f"{PREFIX}HEATMAP_ALPHA must be between 0 and 1", "heatmap_alpha")
         try:

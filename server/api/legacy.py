@@ -138,9 +138,11 @@ async def legacy_xray_detail(
 
 
 async def _upload(request: Request, service: ServiceDep, owner_id: int | None) -> LegacyXray:
-    data, title = await read_upload(request)
-    options = AnalyseOptions(title=title, owner_id=owner_id, store=True)
-    return legacy_xray(request, (await service.predictions.analyse(data, options)).result)
+    with service.predictions.admit():
+        data, title = await read_upload(request)
+        options = AnalyseOptions(title=title, owner_id=owner_id, store=True)
+        analysis = await service.predictions.analyse(data, options)
+    return legacy_xray(request, analysis.result)
 
 
 @post("/api/chexray/upload/", status_code=200, tags=TAGS)

@@ -37,9 +37,9 @@ async def create_prediction(
     `title`) or as the raw body (`image/png`, `image/jpeg`, `application/dicom`).
 
     Signed-in users' predictions become studies in their history; anonymous ones are
-    stored only with `store=true`.
+    stored only with `store=true`. 503 with Retry-After when the wait for the engine would
+    exceed the server's budget.
     """
-    data, title = await read_upload(request)
     stored = principal is not None or store
     mode = heatmap or ("url" if stored else "inline")
     if mode == "url" and not stored:
@@ -48,12 +48,15 @@ async def create_prediction(
             "heatmap_url_needs_storage",
             "heatmap=url needs a stored study: sign in or add store=true",
         )
-    options = AnalyseOptions(
-        title=title,
-        owner_id=principal.user_id if principal else None,
-        store=stored,
-        heatmap=mode == "inline",
-        image=image == "inline",
-    )
-    analysis = await service.predictions.analyse(data, options)
+    # Admitted (or refused with 503) before the body is read: refusing costs nothing.
+    with service.predictions.admit():
+        data, title = await read_upload(request)
+        options = AnalyseOptions(
+            title=title,
+            owner_id=principal.user_id if principal else None,
+            store=stored,
+            heatmap=mode == "inline",
+            image=image == "inline",
+        )
+        analysis = await service.predictions.analyse(data, options)
     return study_out(request, analysis.result, analysis)

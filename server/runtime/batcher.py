@@ -5,11 +5,16 @@ A batch leaves when it holds `max_batch` images or when its oldest image has wai
 images `submit` raises Overloaded at once instead of letting memory and latency grow.
 Each instance (one session each) runs its batches in its own worker thread; onnxruntime
 releases the GIL, so the event loop keeps serving meanwhile.
+
+It measures how long a batch of each size takes lately (admission's estimate of the wait),
+and watches itself: a worker that dies fails its callers and the batcher's health, a batch
+that runs past `timeout_s` marks it stalled, and no caller waits longer than `timeout_s`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import deque
 from collections.abc import Callable
@@ -19,17 +24,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from server.errors import Unavailable
+from server.runtime.admission import Overloaded
 from server.runtime.metrics import EngineMetrics
+
+log = logging.getLogger("chexray.runtime")
 
 RunBatch = Callable[[int, np.ndarray], dict[str, np.ndarray]]  # (instance, batch) -> outputs
 
-
-class Overloaded(Unavailable):
-    """The queue is full (or the engine is stopping): try again after `retry_after` s."""
-
-    def __init__(self, reason: str, retry_after: float) -> None:
-        seconds = max(1, round(retry_after))
-        super().__init__("overloaded", f"{reason}; retry in {seconds} s", None, retry_after)
+UNMEASURED_BATCH_S = 1.0  # before any batch ran: assume a slow one, so admission is careful
 
 
 @dataclass
@@ -56,23 +58,61 @@ class DynamicBatcher:
         max_wait_ms: float,
         max_queue: int,
         instances: int = 1,
+        timeout_s: float = 60.0,
         metrics: EngineMetrics | None = None,
     ) -> None:
         self._run_batch = run_batch
         self.max_batch, self.max_wait = max_batch, max_wait_ms / 1000.0
         self.max_queue, self.instances = max_queue, instances
+        self.timeout_s = timeout_s
         self._metrics = metrics
         self._queue: deque[_Pending] = deque()
         self._wakeup: asyncio.Event | None = None
         self._workers: list[asyncio.Task] = []
         self._executor: ThreadPoolExecutor | None = None
         self._accepting = False
-        self._busy = 0
-        self._recent_batch_s = 0.0  # for Retry-After: how long a batch takes lately
+        self._batch_s: dict[int, float] = {}  # batch size -> seconds per batch, lately
+        self._running_since: dict[int, float] = {}  # instance -> its batch's start
+        self.failure: str | None = None  # why a worker died, if one did
 
     @property
     def queue_depth(self) -> int:
         return len(self._queue)
+
+    # -- what a batch costs ----------------------------------------------------------------
+
+    def observe(self, size: int, seconds: float) -> None:
+        """Record a batch's run time (also fed by the engine's warm-up)."""
+        last = self._batch_s.get(size)
+        self._batch_s[size] = seconds if last is None else 0.7 * last + 0.3 * seconds
+
+    def batch_seconds(self, size: int) -> float:
+        """How long a batch of `size` takes lately; an unmeasured size is scaled from the
+        nearest measured one, per image."""
+        if size in self._batch_s:
+            return self._batch_s[size]
+        if not self._batch_s:
+            return UNMEASURED_BATCH_S
+        near = min(self._batch_s, key=lambda n: abs(n - size))
+        return self._batch_s[near] * size / near
+
+    # -- health ----------------------------------------------------------------------------
+
+    @property
+    def stalled(self) -> bool:
+        """A batch has run longer than `timeout_s` (a hung backend call)."""
+        now = time.perf_counter()
+        return any(now - t > self.timeout_s for t in list(self._running_since.values()))
+
+    def problem(self) -> str | None:
+        """Why the batcher cannot serve, or None while it can."""
+        if self.failure is not None:
+            return self.failure
+        if self._accepting and any(w.done() for w in self._workers):
+            return "a batch worker stopped"
+        if self.stalled:
+            return f"a batch has been running for over {self.timeout_s:.0f} s"
+        return None
 
     def start(self) -> None:
         if self._workers:
@@ -99,10 +139,13 @@ class DynamicBatcher:
 
     def _retry_after(self) -> float:
         batches_ahead = len(self._queue) / self.max_batch / self.instances + 1
-        return max(1.0, round(batches_ahead * max(self._recent_batch_s, 0.05), 1))
+        return batches_ahead * self.batch_seconds(self.max_batch)
 
     async def submit(self, image: np.ndarray) -> BatchResult:
-        """Queue one preprocessed image; wait for its share of a batch's outputs."""
+        """Queue one preprocessed image; wait for its share of a batch's outputs, at most
+        `timeout_s` (then Unavailable: inference_timeout)."""
+        if self.failure is not None:
+            raise Unavailable("engine_failed", f"the inference engine failed: {self.failure}")
         if not self._accepting:
             raise Overloaded("the engine is not running (starting up or shutting down)", 5.0)
         if len(self._queue) >= self.max_queue:
@@ -118,7 +161,16 @@ class DynamicBatcher:
             self._metrics.queue_depth.set(len(self._queue))
         assert self._wakeup is not None
         self._wakeup.set()
-        return await future
+        try:
+            return await asyncio.wait_for(future, self.timeout_s)
+        except TimeoutError:
+            if self._metrics:
+                self._metrics.errors.labels(kind="inference_timeout").inc()
+            raise Unavailable(
+                "inference_timeout",
+                f"no answer from the inference engine within {self.timeout_s:.0f} s; retry later",
+                retry_after=self.timeout_s,
+            ) from None
 
     def _take(self) -> list[_Pending]:
         batch: list[_Pending] = []
@@ -131,6 +183,20 @@ class DynamicBatcher:
         return batch
 
     async def _worker(self, instance: int) -> None:
+        try:
+            await self._work(instance)
+        except Exception as exc:  # a bug here must not leave callers waiting forever
+            log.exception("batch worker %d died", instance)
+            self.failure = f"batch worker {instance} died: {exc!r}"
+            self._accepting = False
+            while self._queue:
+                pending = self._queue.popleft()
+                if not pending.future.done():
+                    pending.future.set_exception(
+                        Unavailable("engine_failed", f"the inference engine failed: {exc!r}")
+                    )
+
+    async def _work(self, instance: int) -> None:
         loop = asyncio.get_running_loop()
         assert self._wakeup is not None
         while True:
@@ -157,9 +223,9 @@ class DynamicBatcher:
 
     async def _run(self, loop: asyncio.AbstractEventLoop, instance: int, batch: list[_Pending]):
         started = time.perf_counter()
-        stacked = np.stack([p.image for p in batch])
-        self._busy += 1
+        self._running_since[instance] = started
         try:
+            stacked = np.stack([p.image for p in batch])
             outputs = await loop.run_in_executor(self._executor, self._run_batch, instance, stacked)
         except Exception as exc:
             if self._metrics:
@@ -169,9 +235,9 @@ class DynamicBatcher:
                     p.future.set_exception(exc)
             return
         finally:
-            self._busy -= 1
+            del self._running_since[instance]
         compute = time.perf_counter() - started
-        self._recent_batch_s = 0.7 * self._recent_batch_s + 0.3 * compute
+        self.observe(len(batch), compute)
         if self._metrics:
             self._metrics.observe_batch(len(batch), compute)
         for i, p in enumerate(batch):

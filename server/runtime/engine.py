@@ -1,8 +1,9 @@
 """The engine: image bytes in, findings, probabilities and CAM maps out. No HTTP here.
 
-decode (thread pool) -> resize (thread pool) -> dynamic batcher -> fused graph (worker
-thread per instance) -> thresholds. Tensor names come from the manifest, checked against the
-contract (server/runtime/contract.py). Heatmaps are drawn from the outputs by server/cam.
+admission (expected wait within budget) -> decode (thread pool) -> resize (thread pool) ->
+dynamic batcher -> fused graph (worker thread per instance) -> thresholds. Tensor names
+come from the manifest, checked against the contract (server/runtime/contract.py). Heatmaps
+are drawn from the outputs by server/cam.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from prometheus_client import CollectorRegistry, Gauge
 
 from server.errors import ChexrayError
 from server.runtime import contract
+from server.runtime.admission import Admission
 from server.runtime.backends import choose, open_backend
 from server.runtime.batcher import DynamicBatcher
 from server.runtime.decode import DecodedImage, decode
@@ -111,8 +113,17 @@ class Engine:
             max_wait_ms=settings.max_wait_ms,
             max_queue=settings.max_queue,
             instances=settings.instances,
+            timeout_s=settings.inference_timeout_s,
             metrics=self.metrics,
         )
+        self.admission = Admission(
+            budget_s=settings.max_queue_wait_ms / 1000.0,
+            max_in_flight=settings.max_queue,
+            batch_capacity=settings.max_batch * settings.instances,
+            batch_seconds=self.batcher.batch_seconds,
+            on_refused=lambda code: self.metrics.rejected.inc(),
+        )
+        self.metrics.in_flight.set_function(lambda: self.admission.in_flight)
         self._pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="chexray-cpu")
         self.warmed_up = False
 
@@ -128,6 +139,8 @@ class Engine:
             for i in range(len(self.backends)):
                 t = time.perf_counter()
                 await loop.run_in_executor(None, self._run_batch, i, batch)
+                # Admission's first estimate of a batch's cost, before real traffic.
+                self.batcher.observe(n, time.perf_counter() - t)
                 log.info(
                     "warm-up: batch %d on instance %d in %.0f ms",
                     n,
@@ -146,6 +159,10 @@ class Engine:
     @property
     def ready(self) -> bool:
         return self.warmed_up
+
+    def problem(self) -> str | None:
+        """Why a warmed-up engine cannot serve now (a dead or stalled batch worker)."""
+        return self.batcher.problem()
 
     # -- work ------------------------------------------------------------------------------
 

@@ -24,7 +24,14 @@ class EngineMetrics:
         )
         self.rejected = Counter(
             "chexray_engine_rejected",
-            "Images refused because the queue was full",
+            "Analyses refused: expected wait over budget, too many in flight, queue full, "
+            "or shutting down",
+            ["model"],
+            registry=r,
+        ).labels(**m)
+        self.in_flight = Gauge(
+            "chexray_engine_in_flight",
+            "Analyses admitted and not yet answered (uploading, decoding, queued, running)",
             ["model"],
             registry=r,
         ).labels(**m)

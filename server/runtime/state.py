@@ -24,6 +24,7 @@ class EngineState:
         self.engine: Engine | None = None
         self.error: str | None = None
         self._stopped = False
+        self._draining = False
 
     @property
     def status(self) -> Status:
@@ -39,6 +40,8 @@ class EngineState:
         try:
             self.engine = await asyncio.to_thread(build)
             await self.engine.start()
+            if self._draining:
+                self.engine.admission.draining = True
             log.info("ready: model %s on %s", self.engine.manifest.version, self.engine.provider)
         except Exception as exc:
             self.error = str(exc)
@@ -57,10 +60,38 @@ class EngineState:
             raise Unavailable(
                 "not_ready", "the models are still loading; retry shortly", retry_after=5
             )
+        problem = self.engine.problem()
+        if problem is not None:
+            raise Unavailable("engine_failed", f"the inference engine cannot serve: {problem}")
         return self.engine
 
+    def drain(self) -> None:
+        """Admit no new analyses (SIGTERM); those admitted carry on."""
+        self._draining = True
+        if self.engine is not None:
+            self.engine.admission.draining = True
+
+    @property
+    def in_flight(self) -> int:
+        """Analyses admitted and not yet answered."""
+        return self.engine.admission.in_flight if self.engine is not None else 0
+
+    @property
+    def reason(self) -> str | None:
+        """Why the engine cannot take work, when it cannot (for readiness)."""
+        if self.error is not None:
+            return f"the models failed to load: {self.error}"
+        if self.engine is not None and self.engine.ready and self.engine.problem():
+            return f"the inference engine cannot serve: {self.engine.problem()}"
+        if self._draining:
+            return "shutting down: no new analyses are taken"
+        return None
+
     def checks(self) -> dict[str, bool]:
+        ready = self.engine is not None and self.engine.ready
         return {
             "models_loaded": self.engine is not None,
-            "warmed_up": self.engine is not None and self.engine.ready,
+            "warmed_up": ready,
+            "engine_healthy": ready and self.engine.problem() is None,
+            "accepting": not self._draining,
         }

@@ -86,8 +86,8 @@ class Service:
             self.engines.engine.metrics.render.observe(seconds)
 
     async def readiness(self) -> tuple[dict[str, bool], str | None]:
-        """Each check and whether it passed, and why the models failed, if they did."""
-        return {**self.engines.checks(), "database": await self.store.ping()}, self.engines.error
+        """Each check and whether it passed, and why the engine cannot serve, if so."""
+        return {**self.engines.checks(), "database": await self.store.ping()}, self.engines.reason
 
     def serving(self) -> Serving:
         """What is being served, and by what."""

@@ -9,6 +9,7 @@ per finding from the stored image and CAM maps, then kept).
 from __future__ import annotations
 
 import time
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,6 +58,11 @@ class Predictions:
         self.engines = engines
         self.store = store
         self.renderer = renderer
+
+    def admit(self) -> AbstractContextManager[None]:
+        """A place for one analysis, taken before its bytes are read (Overloaded: 503 with
+        Retry-After when the wait would exceed the budget, or while shutting down)."""
+        return self.engines.require().admission.admit()
 
     async def analyse(self, data: bytes, options: AnalyseOptions) -> Analysis:
         """Predict; when stored, keep the decoded image as PNG (never the DICOM, so no patient

@@ -16,6 +16,8 @@ def test_operations(tiny_repo: Path, tmp_path: Path) -> None:
         assert ready.json()["checks"] == {
             "models_loaded": True,
             "warmed_up": True,
+            "engine_healthy": True,
+            "accepting": True,
             "database": True,
         }
         upload(c)

@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 from prometheus_client import generate_latest
 
-from server.runtime.batcher import DynamicBatcher, Overloaded
+from server.errors import Unavailable
+from server.runtime.admission import Overloaded
+from server.runtime.batcher import DynamicBatcher
 from server.runtime.metrics import EngineMetrics
 
 SIZE = (12, 10)
@@ -186,3 +188,64 @@ def test_a_failing_batch_fails_its_callers_and_the_next_batch_runs() -> None:
     assert later.outputs["probabilities"].shape == (5,) and calls == [3, 1]
     text = generate_latest(metrics.registry).decode()
     assert 'chexray_engine_errors_total{kind="inference",model="ensemble"} 1.0' in text
+
+
+def test_a_hung_batch_times_its_callers_out_and_marks_the_batcher_stalled() -> None:
+    gate = Gate()
+    metrics = EngineMetrics("ensemble")
+
+    async def main():
+        b = DynamicBatcher(
+            gate, max_batch=2, max_wait_ms=0, max_queue=8, timeout_s=0.3, metrics=metrics
+        )
+        b.start()
+        assert b.problem() is None
+        with pytest.raises(Unavailable) as info:
+            await b.submit(images(1)[0])
+        assert info.value.code == "inference_timeout" and info.value.retry_after
+        problem = b.problem()
+        gate.open.set()  # the backend call returns at last
+        while b._running_since:
+            await asyncio.sleep(0.01)
+        recovered = b.problem()
+        await b.stop()
+        return problem, recovered
+
+    problem, recovered = asyncio.run(main())
+    assert problem is not None and "running for over" in problem
+    assert recovered is None
+    text = generate_latest(metrics.registry).decode()
+    assert 'chexray_engine_errors_total{kind="inference_timeout",model="ensemble"} 1.0' in text
+
+
+def test_a_dead_worker_fails_every_waiting_caller_and_says_why() -> None:
+    async def main():
+        b = DynamicBatcher(fake_model, max_batch=4, max_wait_ms=50, max_queue=8)
+
+        def broken_take():
+            raise RuntimeError("a bug in batch assembly")
+
+        b._take = broken_take  # a fault where no backend error handler reaches
+        b.start()
+        waiting = await asyncio.gather(*(b.submit(im) for im in images(3)), return_exceptions=True)
+        with pytest.raises(Unavailable) as later:
+            await b.submit(images(1)[0])
+        problem = b.problem()
+        await b.stop()
+        return waiting, later.value, problem
+
+    waiting, later, problem = asyncio.run(main())
+    assert all(isinstance(e, Unavailable) and e.code == "engine_failed" for e in waiting)
+    assert later.code == "engine_failed"
+    assert problem is not None and "a bug in batch assembly" in problem
+
+
+def test_batch_cost_is_measured_per_size_and_scaled_for_unseen_sizes() -> None:
+    b = DynamicBatcher(fake_model, max_batch=8, max_wait_ms=0, max_queue=8)
+    assert b.batch_seconds(4) > 0  # unmeasured: a careful guess, never zero
+    b.observe(1, 0.10)
+    b.observe(4, 0.20)
+    b.observe(4, 0.30)  # recent batches weigh more
+    assert b.batch_seconds(1) == pytest.approx(0.10)
+    assert 0.20 < b.batch_seconds(4) < 0.30
+    assert b.batch_seconds(8) == pytest.approx(b.batch_seconds(4) * 2)
