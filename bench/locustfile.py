@@ -5,6 +5,10 @@
 
 CHEXRAY_BENCH_QUERY sets the query string (default `heatmap=none`: the engine's work only;
 `heatmap=inline` adds rendering and base64 of the overlay).
+
+A refusal (503, the server's admission control) is recorded apart, as `REFUSED`, so the
+answered requests' rate and latencies stay those of real answers; the user then waits the
+Retry-After the server asked for, as a well-behaved client does.
 """
 
 from __future__ import annotations
@@ -13,10 +17,13 @@ import os
 import random
 from pathlib import Path
 
+import gevent
 from locust import FastHttpUser, constant, task
 
 IMAGES = [p.read_bytes() for p in sorted(Path(os.environ["CHEXRAY_BENCH_IMAGES"]).glob("*.png"))]
 QUERY = os.environ.get("CHEXRAY_BENCH_QUERY", "heatmap=none")
+NAME = "POST /api/v1/predictions"
+REFUSED = NAME + " (refused)"
 
 
 # FastHttpUser (geventhttpclient): the load generator shares the machine with the server,
@@ -31,11 +38,18 @@ class XrayUser(FastHttpUser):
             f"/api/v1/predictions?{QUERY}",
             data=body,
             headers={"Content-Type": "image/png"},
-            name="POST /api/v1/predictions",
+            name=NAME,
             catch_response=True,
             timeout=300,
         ) as r:
-            if r.status_code != 200:
+            retry_after = None
+            if r.status_code == 503 and r.headers.get("Retry-After"):
+                r.request_meta["name"] = REFUSED
+                retry_after = float(r.headers["Retry-After"])
+                r.success()
+            elif r.status_code != 200:
                 r.failure(f"HTTP {r.status_code}: {r.text[:200]}")
             elif len(r.json().get("findings", [])) != 5:
                 r.failure("answer without five findings")
+        if retry_after is not None:
+            gevent.sleep(retry_after)

@@ -6,7 +6,8 @@
    beside the reference: onnxruntime fp32 with its default session settings;
 2. the server under Locust: a real `chexray serve` process on its `auto` choice, default
    preset, 1024x1024 PNGs, a sweep of concurrent users; throughput, p50/p95/p99, failures,
-   mean batch size (from /metrics), peak RSS;
+   mean batch size (from /metrics), peak RSS; then an overload level (100 users by default)
+   where admission control refuses what would wait past its budget;
 3. the legacy application's architecture (bench/legacy_baseline.py) under the same load at 1
    and 16 users;
 4. bench/results/<machine>-<date>.{json,md,png}, and the three ratios printed last.
@@ -39,6 +40,7 @@ from bench.images import write_images  # noqa: E402
 from server.settings import Settings  # noqa: E402
 
 PY = sys.executable
+ANSWERED = "POST /api/v1/predictions"
 
 
 def free_port() -> int:
@@ -120,12 +122,17 @@ def locust(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    # Answers and refusals (503 + Retry-After) are separate rows: rates and latencies are
+    # those of answers; refusals are counted. The legacy baseline names its one route.
     with open(f"{prefix}_stats.csv") as fh:
-        row = next(r for r in csv.DictReader(fh) if r["Name"] == "Aggregated")
+        rows = {r["Name"]: r for r in csv.DictReader(fh) if r["Type"] != ""}
+    row = rows.get(ANSWERED) or next(r for n, r in rows.items() if not n.endswith("(refused)"))
+    refused = rows.get(ANSWERED + " (refused)")
     return {
         "users": users,
         "requests": int(row["Request Count"]),
         "failures": int(row["Failure Count"]),
+        "refused": int(refused["Request Count"]) if refused else 0,
         "images_per_s": float(row["Requests/s"]),
         "p50_ms": float(row["50%"]),
         "p95_ms": float(row["95%"]),
@@ -162,6 +169,7 @@ def run_server(
     query: str,
     env_extra: dict[str, str],
     locust_processes: int = 1,
+    overload_users: int = 0,
 ) -> dict:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
@@ -179,7 +187,7 @@ def run_server(
         wait_ready(base + "/health/ready", proc)
         loaded = peak_rss_mb(proc.pid)
         levels = []
-        for n in users:
+        for n in [*users, *([overload_users] if overload_users else [])]:
             before = batch_totals(base)
             result = locust(base, n, seconds, images, workdir, query, locust_processes)
             after = batch_totals(base)
@@ -190,16 +198,22 @@ def run_server(
             print(
                 f"  server  {n:>3} users: {result['images_per_s']:.2f} images/s, "
                 f"p50 {result['p50_ms']:.0f} ms, p99 {result['p99_ms']:.0f} ms, "
-                f"batch {result['mean_batch']:.1f}, failures {result['failures']}",
+                f"batch {result['mean_batch']:.1f}, failures {result['failures']}, "
+                f"refused {result['refused']}",
                 flush=True,
             )
+        overload = levels.pop() if overload_users else None
         peak = peak_rss_mb(proc.pid)
         models = httpx.get(base + "/api/v1/models", timeout=10).json()
     finally:
         proc.terminate()
         proc.wait(60)
+    settings = Settings.from_env(env_extra)
     return {
         "levels": levels,
+        "overload": overload,
+        "max_queue_wait_ms": settings.max_queue_wait_ms,
+        "max_batch": settings.max_batch,
         "rss_loaded_mb": loaded,
         "rss_peak_mb": peak,
         "provider": models["provider"],
@@ -270,6 +284,15 @@ def ratios(report: dict) -> dict:
         "p50_at_1_user_over_reference_batch_1": p50_1 / reference_1["median_ms"],
         "saturation_over_own_engine_limit": saturation / own["images_per_s"],
     }
+    overload = report["server"].get("overload")
+    if overload:
+        # Admission by deadline: overload keeps the saturation throughput, and what is
+        # accepted waits at most the budget plus its own batch.
+        server_batch = report["server"]["max_batch"]
+        batch_ms = at_batch(rows, report["server"]["backend"], server_batch)["median_ms"]
+        limit_ms = report["server"]["max_queue_wait_ms"] + batch_ms
+        out["overload_over_saturation"] = overload["images_per_s"] / saturation
+        out["overload_p99_over_budget_plus_batch"] = overload["p99_ms"] / limit_ms
     if report.get("baseline"):
         base16 = next((r for r in report["baseline"]["levels"] if r["users"] == 16), None)
         srv16 = next((r for r in server if r["users"] == 16), None)
@@ -290,6 +313,14 @@ TARGETS = {
     "saturation_over_own_engine_limit": (
         "server throughput at saturation / its backend's engine limit",
         ">= 0.95",
+    ),
+    "overload_over_saturation": (
+        "server throughput under overload / at saturation",
+        ">= 0.95",
+    ),
+    "overload_p99_over_budget_plus_batch": (
+        "accepted p99 under overload / (wait budget + one batch)",
+        "<= 1",
     ),
     "server_over_legacy_at_16_users": ("server / legacy throughput at 16 users", ">= 3"),
 }
@@ -344,6 +375,23 @@ def markdown(report: dict) -> str:
         f"Server RSS: {report['server']['rss_loaded_mb']:.0f} MB loaded and warmed up, "
         f"{report['server']['rss_peak_mb']:.0f} MB peak after the sweep.",
     ]
+    overload = report["server"].get("overload")
+    if overload:
+        x = overload
+        lines += [
+            "",
+            f"## Overload: {x['users']} users, admission by deadline "
+            f"(wait budget {report['server']['max_queue_wait_ms']:.0f} ms)",
+            "",
+            "Refused requests (503 + Retry-After) are counted apart; the users wait the "
+            "Retry-After they are given. Rates and latencies are those of answered requests.",
+            "",
+            "| users | images/s | p50 ms | p95 ms | p99 ms | failures | refused | mean batch |",
+            "|---|---|---|---|---|---|---|---|",
+            f"| {x['users']} | {x['images_per_s']:.2f} | {x['p50_ms']:.0f} | {x['p95_ms']:.0f} "
+            f"| {x['p99_ms']:.0f} | {x['failures']}/{x['requests']} | {x['refused']} | "
+            f"{x['mean_batch']:.1f} |",
+        ]
     if report.get("baseline"):
         lines += [
             "",
@@ -408,6 +456,7 @@ def main() -> int:
         help="model repository (default: the model_dir setting, relative to the project root)",
     )
     p.add_argument("--users", default="1,2,4,8,16,32")
+    p.add_argument("--overload-users", type=int, default=100, help="0: no overload level")
     p.add_argument("--baseline-users", default="1,16")
     p.add_argument("--seconds", type=int, default=40, help="per concurrency level")
     p.add_argument("--images", type=int, default=16)
@@ -447,6 +496,7 @@ def main() -> int:
         args.seconds,
         args.query,
         server_env,
+        overload_users=args.overload_users,
     )
     baseline = None
     if not args.no_baseline:
