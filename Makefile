@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 PRESET ?= default
 
-.PHONY: serve test test-fast bench bench-gpu lint format setup clean-models
+.PHONY: serve test test-fast bench soak bench-gpu lint format setup clean-models
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,13 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[cpu,convert,bench]'
 	$(BIN)/python bench/run.py
+
+# 30 minutes of mixed traffic at saturation (bench/soak.py): RSS over time, answers by
+# code, no lost or mixed-up studies; writes bench/results/soak-<machine>-<date>.*.
+# SOAK_ARGS passes options: SOAK_ARGS='--minutes 5'.
+soak: $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[cpu,convert,bench]'
+	$(BIN)/python bench/soak.py $(SOAK_ARGS)
 
 # GPU benchmark (bench/gpu.py): engine limit on CUDA fp32/fp16, the server at 1-64 clients,
 # peak device memory; writes bench/results/<gpu>-<date>.{json,md,png}. Its own venv:
