@@ -10,7 +10,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from litestar import Litestar
+from litestar import Litestar, Router
 from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
@@ -28,8 +28,17 @@ from server.settings import Settings
 
 log = logging.getLogger("chexray")
 
-ROUTES = [
+# The routes that take an X-ray: bodies up to the upload limit plus room for the multipart
+# envelope. Every other route takes at most MAX_JSON_BODY bytes (a log-in, a profile), so a
+# body meant to fill memory is refused with 413 before it is read.
+UPLOAD_ROUTES = [
     predictions.create_prediction,
+    legacy.legacy_upload,
+    legacy.legacy_anonupload,
+]
+MAX_JSON_BODY = 64 * 1024
+
+ROUTES = [
     accounts.register,
     accounts.login,
     accounts.logout,
@@ -48,8 +57,6 @@ ROUTES = [
     legacy.legacy_login,
     legacy.legacy_user,
     legacy.legacy_xray_detail,
-    legacy.legacy_upload,
-    legacy.legacy_anonupload,
     legacy.legacy_media,
     operations.live,
     operations.ready,
@@ -76,8 +83,13 @@ def create_app(settings: Settings | None = None, manifest: Manifest | None = Non
         finally:
             await service.stop()
 
+    uploads = Router(
+        path="/",
+        route_handlers=UPLOAD_ROUTES,
+        request_max_body_size=settings.max_upload_bytes + 1024 * 1024,
+    )
     return Litestar(
-        route_handlers=ROUTES,
+        route_handlers=[uploads, *ROUTES],
         dependencies=DEPENDENCIES,
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=[lambda app: request_context(app, http_metrics)],
@@ -102,7 +114,6 @@ def create_app(settings: Settings | None = None, manifest: Manifest | None = Non
             path="/schema",
             render_plugins=[ScalarRenderPlugin(), SwaggerRenderPlugin(path="/swagger")],
         ),
-        # Uploads up to the limit plus room for the multipart envelope.
-        request_max_body_size=settings.max_upload_bytes + 1024 * 1024,
+        request_max_body_size=MAX_JSON_BODY,  # the upload routes' Router allows more
         debug=False,
     )
