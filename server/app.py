@@ -21,7 +21,7 @@ from chexray import __version__
 from server.api import accounts, legacy, operations, predictions, studies, web
 from server.api.deps import DEPENDENCIES
 from server.api.errors import EXCEPTION_HANDLERS
-from server.api.middleware import HttpMetrics, nosniff, request_context
+from server.api.middleware import HttpMetrics, TrustedProxies, nosniff, request_context
 from server.api.ratelimit import RateLimiter
 from server.service import Manifest, Service
 from server.settings import Settings
@@ -88,11 +88,12 @@ def create_app(settings: Settings | None = None, manifest: Manifest | None = Non
         route_handlers=UPLOAD_ROUTES,
         request_max_body_size=settings.max_upload_bytes + 1024 * 1024,
     )
+    trusted = TrustedProxies(settings.trusted_proxies)
     return Litestar(
         route_handlers=[uploads, *ROUTES],
         dependencies=DEPENDENCIES,
         exception_handlers=EXCEPTION_HANDLERS,
-        middleware=[lambda app: request_context(app, http_metrics)],
+        middleware=[lambda app: request_context(app, http_metrics, trusted)],
         before_send=[nosniff],
         lifespan=[lifespan],
         state=State(
