@@ -22,7 +22,7 @@ from server.api import accounts, legacy, operations, predictions, studies, web
 from server.api.deps import DEPENDENCIES
 from server.api.errors import EXCEPTION_HANDLERS
 from server.api.middleware import HttpMetrics, TrustedProxies, nosniff, request_context
-from server.api.ratelimit import RateLimiter
+from server.api.ratelimit import Limits
 from server.service import Manifest, Service
 from server.settings import Settings
 
@@ -101,7 +101,7 @@ def create_app(settings: Settings | None = None, manifest: Manifest | None = Non
                 "settings": settings,
                 "service": service,
                 "registry": registry,
-                "limiter": RateLimiter(*settings.rate_limit),
+                "limiter": Limits(settings.rate_limit, settings.account_rate_limit),
             }
         ),
         cors_config=CORSConfig(allow_origins=list(settings.cors_origins))
