@@ -28,7 +28,7 @@ from collections.abc import Callable, Hashable
 from threading import Lock
 
 FAMILIAR_SECONDS = 30 * 24 * 3600.0
-MAX_KEYS = 20_000  # per window: about 0.3 KB a key
+MAX_KEYS = 20_000  # per window; about 0.45 KB a key at N=10, so 30 MB with every window full
 
 
 class Limited(Exception):
