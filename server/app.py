@@ -10,7 +10,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from litestar import Litestar
+from litestar import Litestar, Router
 from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
@@ -21,15 +21,24 @@ from chexray import __version__
 from server.api import accounts, legacy, operations, predictions, studies, web
 from server.api.deps import DEPENDENCIES
 from server.api.errors import EXCEPTION_HANDLERS
-from server.api.middleware import HttpMetrics, nosniff, request_context
-from server.api.ratelimit import RateLimiter
+from server.api.middleware import HttpMetrics, TrustedProxies, nosniff, request_context
+from server.api.ratelimit import Limits
 from server.service import Manifest, Service
 from server.settings import Settings
 
 log = logging.getLogger("chexray")
 
-ROUTES = [
+# The routes that take an X-ray: bodies up to the upload limit plus room for the multipart
+# envelope. Every other route takes at most MAX_JSON_BODY bytes (a log-in, a profile), so a
+# body meant to fill memory is refused with 413 before it is read.
+UPLOAD_ROUTES = [
     predictions.create_prediction,
+    legacy.legacy_upload,
+    legacy.legacy_anonupload,
+]
+MAX_JSON_BODY = 64 * 1024
+
+ROUTES = [
     accounts.register,
     accounts.login,
     accounts.logout,
@@ -48,8 +57,6 @@ ROUTES = [
     legacy.legacy_login,
     legacy.legacy_user,
     legacy.legacy_xray_detail,
-    legacy.legacy_upload,
-    legacy.legacy_anonupload,
     legacy.legacy_media,
     operations.live,
     operations.ready,
@@ -76,11 +83,17 @@ def create_app(settings: Settings | None = None, manifest: Manifest | None = Non
         finally:
             await service.stop()
 
+    uploads = Router(
+        path="/",
+        route_handlers=UPLOAD_ROUTES,
+        request_max_body_size=settings.max_upload_bytes + 1024 * 1024,
+    )
+    trusted = TrustedProxies(settings.trusted_proxies)
     return Litestar(
-        route_handlers=ROUTES,
+        route_handlers=[uploads, *ROUTES],
         dependencies=DEPENDENCIES,
         exception_handlers=EXCEPTION_HANDLERS,
-        middleware=[lambda app: request_context(app, http_metrics)],
+        middleware=[lambda app: request_context(app, http_metrics, trusted)],
         before_send=[nosniff],
         lifespan=[lifespan],
         state=State(
@@ -88,7 +101,7 @@ def create_app(settings: Settings | None = None, manifest: Manifest | None = Non
                 "settings": settings,
                 "service": service,
                 "registry": registry,
-                "limiter": RateLimiter(*settings.rate_limit),
+                "limiter": Limits(settings.rate_limit, settings.account_rate_limit),
             }
         ),
         cors_config=CORSConfig(allow_origins=list(settings.cors_origins))
@@ -102,7 +115,6 @@ def create_app(settings: Settings | None = None, manifest: Manifest | None = Non
             path="/schema",
             render_plugins=[ScalarRenderPlugin(), SwaggerRenderPlugin(path="/swagger")],
         ),
-        # Uploads up to the limit plus room for the multipart envelope.
-        request_max_body_size=settings.max_upload_bytes + 1024 * 1024,
+        request_max_body_size=MAX_JSON_BODY,  # the upload routes' Router allows more
         debug=False,
     )

@@ -62,7 +62,9 @@ def serve(overrides: dict[str, object], preset: str = "default", build: bool = T
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
-        proxy_headers=True,
+        # Forwarding headers are the app's to judge, against CHEXRAY_TRUSTED_PROXIES
+        # (server/api/middleware.py); uvicorn's own would trust 127.0.0.1 unasked.
+        proxy_headers=False,
         limit_concurrency=settings.max_connections,
         timeout_graceful_shutdown=30,
     )

@@ -7,6 +7,7 @@ file of settings (keys are the field names: `max_batch = 4`); a variable wins ov
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 import typing
@@ -23,6 +24,15 @@ def _decode_path(kind: type, value: object) -> object:
     if kind is Path and isinstance(value, str | Path):
         return Path(value)
     raise NotImplementedError(f"cannot read {kind}")
+
+
+def _rate(value: str) -> tuple[int, float]:
+    """(count, seconds) from "N/S"; ValueError unless N >= 1 and S > 0."""
+    count, seconds = value.split("/")
+    n, s = int(float(count)), float(seconds)
+    if n < 1 or not s > 0 or s == float("inf"):
+        raise ValueError(value)
+    return n, s
 
 
 class SettingsError(Exception):
@@ -66,8 +76,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     database_url: str = ""  # empty: sqlite:///<data_dir>/chexray.db
     cors_origins: tuple[str, ...] = ()
     token_lifetime_hours: float = 24 * 14
-    # Login and register attempts per client address and per username: N per S seconds.
+    # Sign-in limits, N per S seconds (server/api/ratelimit.py): attempts (log in, register,
+    # password change) per client address, and failed ones per username and address.
     auth_rate_limit: str = "10/60"
+    # Failed log-ins of one username from addresses it has not signed in from lately, all
+    # such addresses together: what stands between a botnet and one account's password.
+    auth_account_rate_limit: str = "100/3600"
+    # Reverse proxies (IPs or CIDRs) whose X-Forwarded-For and X-Forwarded-Proto are
+    # believed; empty: nobody's, the peer is the client.
+    trusted_proxies: tuple[str, ...] = ()
     cookie_secure: bool = False  # set true behind HTTPS
 
     model_dir: Path = Path("models_onnx")
@@ -145,14 +162,22 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             )
         if not 0.0 <= self.heatmap_alpha <= 1.0:
             raise SettingsError(f"{PREFIX}HEATMAP_ALPHA must be between 0 and 1", "heatmap_alpha")
-        try:
-            count, seconds = self.rate_limit
-            assert count >= 1 and seconds > 0
-        except (ValueError, AssertionError):
-            raise SettingsError(
-                f"{PREFIX}AUTH_RATE_LIMIT must look like 10/60 (attempts per seconds)",
-                "auth_rate_limit",
-            ) from None
+        for name in ("auth_rate_limit", "auth_account_rate_limit"):
+            try:
+                _rate(getattr(self, name))
+            except (ValueError, OverflowError):
+                raise SettingsError(
+                    f"{PREFIX}{name.upper()} must look like 10/60 (attempts per seconds)", name
+                ) from None
+        for proxy in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(proxy, strict=False)
+            except ValueError:
+                raise SettingsError(
+                    f"{PREFIX}TRUSTED_PROXIES: {proxy!r} is not an IP address or network "
+                    "(e.g. 10.0.0.5 or 10.0.0.0/8)",
+                    "trusted_proxies",
+                ) from None
 
     @property
     def db_url(self) -> str:
@@ -168,9 +193,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     @property
     def rate_limit(self) -> tuple[int, float]:
-        """(attempts, seconds) from auth_rate_limit "N/S"; ValueError when malformed."""
-        count, seconds = self.auth_rate_limit.split("/")
-        return int(float(count)), float(seconds)
+        """(attempts, seconds) from auth_rate_limit "N/S"."""
+        return _rate(self.auth_rate_limit)
+
+    @property
+    def account_rate_limit(self) -> tuple[int, float]:
+        """(failures, seconds) from auth_account_rate_limit "N/S"."""
+        return _rate(self.auth_account_rate_limit)
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: object) -> Settings:

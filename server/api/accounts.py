@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+
 from litestar import Request, Response, delete, get, patch, post
 from litestar.params import JSONBody
 
@@ -13,7 +17,7 @@ from server.api.auth import (
 )
 from server.api.deps import AuthDep, LimiterDep, PrincipalDep, ServiceDep, SettingsDep
 from server.api.errors import ApiError
-from server.api.ratelimit import RateLimiter
+from server.api.ratelimit import Attempt, Limited, Limits
 from server.api.schemas import (
     LoginIn,
     PasswordChange,
@@ -24,24 +28,55 @@ from server.api.schemas import (
     SessionOut,
     TokenOut,
 )
+from server.errors import Unauthenticated
 from server.service import Service, User
 
 
+def too_many(wait: float) -> ApiError:
+    seconds = max(1, math.ceil(wait))
+    return ApiError(
+        429,
+        "rate_limited",
+        f"too many attempts; try again in {seconds} s",
+        headers={"Retry-After": str(seconds)},
+    )
+
+
+@contextmanager
+def counted(start: Callable[[], Attempt]) -> Iterator[None]:
+    """Run the body as one counted try (server/api/ratelimit.py): 429 if refused; wrong
+    credentials end it as a failure, no error as a success, anything else as neither."""
+    try:
+        attempt = start()
+    except Limited as exc:
+        raise too_many(exc.retry_after) from None
+    try:
+        yield
+    except Unauthenticated as exc:
+        if exc.code == "invalid_credentials":
+            attempt.failed()
+        else:
+            attempt.ended_otherwise()
+        raise
+    except BaseException:
+        attempt.ended_otherwise()
+        raise
+    attempt.succeeded()
+
+
 def guard_sign_in(
-    limiter: RateLimiter, request: Request, username: str, cookie: bool = False
-) -> None:
-    """Before any register or log-in, on both APIs: a JSON body from where it may come
-    (check_sign_in_request), then the attempt counted against the rate limits."""
+    limits: Limits, request: Request, username: str, cookie: bool = False
+) -> AbstractContextManager[None]:
+    """Around every log-in, on both APIs: a JSON body from where it may come
+    (check_sign_in_request), then the try counted against the limits."""
     check_sign_in_request(request, cookie)
-    wait = limiter.hit(client_key(request), f"user:{username.lower()}")
-    if wait is not None:
-        seconds = int(wait + 0.999)
-        raise ApiError(
-            429,
-            "rate_limited",
-            f"too many attempts; try again in {seconds} s",
-            headers={"Retry-After": str(seconds)},
-        )
+    return counted(lambda: limits.sign_in(client_key(request), username))
+
+
+def guard_register(limits: Limits, request: Request, username: str) -> AbstractContextManager[None]:
+    """Around every registration, on both APIs: as guard_sign_in, counted per client."""
+    check_sign_in_request(request, False)
+    return counted(lambda: limits.register(client_key(request), username))
 
 
 async def profile(service: Service, user: User, count: int | None = None) -> Profile:
@@ -57,10 +92,10 @@ async def register(
 ) -> Profile:
     """Create an account (the legacy application's form: username, email, password,
     password2)."""
-    guard_sign_in(limiter, request, data.username)
-    user = await service.accounts.register(
-        data.username, data.password, data.password2, data.email, data.full_name
-    )
+    with guard_register(limiter, request, data.username):
+        user = await service.accounts.register(
+            data.username, data.password, data.password2, data.email, data.full_name
+        )
     return await profile(service, user, 0)
 
 
@@ -74,9 +109,9 @@ async def login(
 ) -> Response[TokenOut]:
     """Exchange a username and password for a bearer token, or (cookie=true) a session
     cookie for the web app plus the CSRF token to echo in X-CSRF-Token."""
-    guard_sign_in(limiter, request, data.username, data.cookie)
     kind = "session" if data.cookie else "bearer"
-    user, raw, token = await service.accounts.sign_in(data.username, data.password, kind)
+    with guard_sign_in(limiter, request, data.username, data.cookie):
+        user, raw, token = await service.accounts.sign_in(data.username, data.password, kind)
     body = TokenOut(
         token=None if data.cookie else raw,
         token_type="Bearer",
@@ -118,12 +153,18 @@ async def patch_me(auth: AuthDep, data: JSONBody[ProfilePatch], service: Service
 
 @post("/api/v1/me/password", status_code=200, tags=["accounts"])
 async def change_password(
-    auth: AuthDep, data: JSONBody[PasswordChange], service: ServiceDep
+    request: Request,
+    auth: AuthDep,
+    data: JSONBody[PasswordChange],
+    service: ServiceDep,
+    limiter: LimiterDep,
 ) -> PasswordChanged:
-    """Change the password; every other token and session of the account is revoked."""
-    revoked = await service.accounts.change_password(
-        auth, data.current_password, data.new_password, data.new_password2
-    )
+    """Change the password; every other token and session of the account is revoked.
+    Limited per client address and per account (wrong current passwords), 429 beyond."""
+    with counted(lambda: limiter.password_change(client_key(request), auth.user_id)):
+        revoked = await service.accounts.change_password(
+            auth, data.current_password, data.new_password, data.new_password2
+        )
     return PasswordChanged(revoked)
 
 

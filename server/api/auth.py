@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import datetime as dt
 import hmac
+import ipaddress
 import secrets
 
 from litestar import Request, Response
 from litestar.di import NamedDependency
 
 from server.api.errors import ApiError
+from server.api.middleware import parse_address
 from server.service import Principal, Service
 from server.settings import Settings
 
@@ -101,7 +103,15 @@ def check_sign_in_request(request: Request, cookie: bool) -> None:
 
 
 def client_key(request: Request) -> str:
-    return f"ip:{request.client.host if request.client else 'unknown'}"
+    """The client address that the limits count against (request.client: the
+    address the request context middleware settled on, proxies considered). An IPv6
+    client counts by its /64, the block one subscriber is given, or every address of it
+    would be a fresh client."""
+    host = request.client.host if request.client else "unknown"
+    address = parse_address(host)
+    if isinstance(address, ipaddress.IPv6Address):
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address) if address is not None else host
 
 
 def set_session_cookies(

@@ -6,7 +6,7 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 
 from server.api.auth import provide_auth, provide_principal
-from server.api.ratelimit import RateLimiter
+from server.api.ratelimit import Limits
 from server.service import Principal, Service
 from server.settings import Settings
 
@@ -19,7 +19,7 @@ def provide_settings(state: State) -> Settings:
     return state.settings
 
 
-def provide_limiter(state: State) -> RateLimiter:
+def provide_limiter(state: State) -> Limits:
     return state.limiter
 
 
@@ -34,6 +34,6 @@ DEPENDENCIES = {
 # Handler parameters name their dependency explicitly with these.
 ServiceDep = NamedDependency[Service]
 SettingsDep = NamedDependency[Settings]
-LimiterDep = NamedDependency[RateLimiter]
+LimiterDep = NamedDependency[Limits]
 PrincipalDep = NamedDependency[Principal | None]
 AuthDep = NamedDependency[Principal]

@@ -117,9 +117,20 @@ def handle_http(request: Request, exc: HTTPException) -> Response:
         return handle_unexpected(request, exc)
     code = STATUS_CODES.get(status, "http_error")
     message = exc.detail or code.replace("_", " ")
+    detail = None
     if status == 413:
+        limit = _body_limit(request)
         message = "the request body is larger than this server accepts"
-    return _respond(request, status, code, message, None, exc.headers)
+        if limit is not None:
+            message = f"the request body is larger than the {limit} bytes this endpoint accepts"
+            detail = {"limit_bytes": limit}
+    return _respond(request, status, code, message, detail, exc.headers)
+
+
+def _body_limit(request: Request) -> int | None:
+    """The body limit of the route answering (app.py sets one on every layer)."""
+    resolve = getattr(request.scope.get("route_handler"), "resolve_request_max_body_size", None)
+    return resolve() if resolve is not None else None
 
 
 def handle_unexpected(request: Request, exc: Exception) -> Response:

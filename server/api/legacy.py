@@ -16,7 +16,7 @@ from litestar import Request, Response, get, post
 from litestar.params import FromPath, JSONBody
 from msgspec import Meta
 
-from server.api.accounts import guard_sign_in
+from server.api.accounts import guard_register, guard_sign_in
 from server.api.deps import AuthDep, LimiterDep, PrincipalDep, ServiceDep
 from server.api.errors import ApiError
 from server.api.schemas import Password, Username
@@ -108,8 +108,8 @@ TAGS = ["legacy compatibility"]
 async def signup(
     request: Request, data: JSONBody[SignupIn], service: ServiceDep, limiter: LimiterDep
 ) -> SignupOut:
-    guard_sign_in(limiter, request, data.username)
-    user = await service.accounts.register(data.username, data.password, data.password2)
+    with guard_register(limiter, request, data.username):
+        user = await service.accounts.register(data.username, data.password, data.password2)
     raw, _ = await service.accounts.issue_token(user, "bearer")
     return SignupOut("Successfully registered a new user.", user.username, raw)
 
@@ -118,8 +118,8 @@ async def signup(
 async def legacy_login(
     request: Request, data: JSONBody[LegacyLoginIn], service: ServiceDep, limiter: LimiterDep
 ) -> LegacyLoginOut:
-    guard_sign_in(limiter, request, data.username)
-    user, raw, _ = await service.accounts.sign_in(data.username, data.password, "bearer")
+    with guard_sign_in(limiter, request, data.username):
+        user, raw, _ = await service.accounts.sign_in(data.username, data.password, "bearer")
     return LegacyLoginOut(user.id, user.username, raw)
 
 

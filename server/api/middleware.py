@@ -1,10 +1,13 @@
-"""Request ids and HTTP metrics, for every request including failed ones."""
+"""Request ids, HTTP metrics and the client's address, for every request including failed
+ones."""
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import time
 import uuid
+from collections.abc import Iterable
 
 from litestar.datastructures import MutableScopeHeaders
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
@@ -12,6 +15,82 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class TrustedProxies:
+    """The reverse proxies whose forwarding headers are believed (CHEXRAY_TRUSTED_PROXIES)."""
+
+    def __init__(self, networks: Iterable[str] = ()) -> None:
+        self.networks = tuple(ipaddress.ip_network(n, strict=False) for n in networks)
+
+    def __bool__(self) -> bool:
+        return bool(self.networks)
+
+    def __contains__(self, host: str) -> bool:
+        address = parse_address(host)
+        return address is not None and any(address in n for n in self.networks)
+
+
+def parse_address(host: str) -> IPAddress | None:
+    """An IP address from a host as a peer or X-Forwarded-For gives it ("1.2.3.4",
+    "1.2.3.4:80", "::1", "[::1]:80"); IPv4-mapped IPv6 as IPv4; None if not an address."""
+    host = host.strip()
+    if host.startswith("["):
+        host = host[1 : host.find("]")] if "]" in host else host
+    elif host.count(":") == 1:
+        host = host.split(":")[0]
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        return address.ipv4_mapped
+    return address
+
+
+def client_address(scope: Scope, trusted: TrustedProxies) -> str:
+    """The address of the client that made this request: the peer, unless the peer is a
+    trusted proxy; then the right-most X-Forwarded-For entry that is not itself a trusted
+    proxy (each proxy appends the address it got the request from, so entries left of it
+    are whatever the client chose to send). The one answer to "who is this"; the request
+    context middleware puts it in scope["client"] for everything downstream."""
+    peer = scope.get("client")
+    host = peer[0] if peer else ""
+    if not trusted or host not in trusted:
+        return host or "unknown"
+    forwarded = [
+        entry.strip()
+        for name, value in scope["headers"]
+        if name == b"x-forwarded-for"
+        for entry in value.decode("latin-1").split(",")
+        if entry.strip()
+    ]
+    for entry in reversed(forwarded):
+        if entry not in trusted:
+            return _host_of(entry)
+    # Every hop is a trusted proxy: the left-most is the nearest thing to a client.
+    return _host_of(forwarded[0]) if forwarded else host
+
+
+def _host_of(entry: str) -> str:
+    address = parse_address(entry)
+    return str(address) if address is not None else entry[:100]
+
+
+def forwarded_scheme(scope: Scope, trusted: TrustedProxies) -> str | None:
+    """X-Forwarded-Proto from a trusted proxy (so that a TLS-terminating proxy's https is
+    this request's scheme), when it is one plain value; None otherwise."""
+    peer = scope.get("client")
+    if not trusted or not peer or peer[0] not in trusted:
+        return None
+    values = [v for n, v in scope["headers"] if n == b"x-forwarded-proto"]
+    if len(values) != 1:
+        return None
+    proto = values[0].decode("latin-1").strip().lower()
+    return proto if proto in ("http", "https") else None
 
 
 class HttpMetrics:
@@ -38,14 +117,25 @@ async def nosniff(message: Message, scope: Scope) -> None:
         MutableScopeHeaders.from_message(message)["X-Content-Type-Options"] = "nosniff"
 
 
-def request_context(app: ASGIApp, metrics: HttpMetrics) -> ASGIApp:
+def request_context(
+    app: ASGIApp, metrics: HttpMetrics, trusted: TrustedProxies | None = None
+) -> ASGIApp:
     """Give each request an id (the client's X-Request-ID if sane), echo it in the
-    response, and count the request by its route template (not its raw path)."""
+    response, and count the request by its route template (not its raw path). The client
+    address (client_address) replaces the peer's in scope["client"], as the scheme a
+    trusted proxy forwards replaces scope["scheme"], so every reader sees the same."""
+    trusted = trusted or TrustedProxies()
 
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await app(scope, receive, send)
             return
+        if trusted:
+            scheme = forwarded_scheme(scope, trusted)
+            peer = scope.get("client")
+            scope["client"] = (client_address(scope, trusted), peer[1] if peer else 0)
+            if scheme is not None:
+                scope["scheme"] = scheme
         given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
         rid = given if SAFE_ID.match(given) else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = rid

@@ -26,3 +26,20 @@ def test_settings_from_environment() -> None:
         Settings.from_env({"CHEXRAY_MAX_QUEUE": "0"})
     with pytest.raises(SettingsError, match="CHEXRAY_PROVIDER"):
         Settings.from_env({"CHEXRAY_PROVIDER": "tpu"})
+
+
+def test_trusted_proxies_and_the_account_rate_limit() -> None:
+    s = Settings.from_env(
+        {
+            "CHEXRAY_TRUSTED_PROXIES": "10.0.0.0/8, 192.0.2.1,2001:db8::/32",
+            "CHEXRAY_AUTH_ACCOUNT_RATE_LIMIT": "20/600",
+        }
+    )
+    assert s.trusted_proxies == ("10.0.0.0/8", "192.0.2.1", "2001:db8::/32")
+    assert s.account_rate_limit == (20, 600.0)
+    assert Settings().trusted_proxies == ()  # nobody is trusted unless named
+    with pytest.raises(SettingsError, match=r"CHEXRAY_TRUSTED_PROXIES: 'proxy\.local'"):
+        Settings.from_env({"CHEXRAY_TRUSTED_PROXIES": "10.0.0.1,proxy.local"})
+    for bad in ("20", "0/60", "20/0", "many/60", "inf/60"):
+        with pytest.raises(SettingsError, match="CHEXRAY_AUTH_ACCOUNT_RATE_LIMIT must look like"):
+            Settings.from_env({"CHEXRAY_AUTH_ACCOUNT_RATE_LIMIT": bad})
