@@ -2,7 +2,7 @@
 Kubernetes schemas (KServe's InferenceService its own), and what they say agrees with the
 server: settings that exist, probes on its health routes, a drain that fits the grace
 period, writable volumes for whatever it writes, an autoscaling metric it exports. A broken
-copy of the manifests fails the same checks.
+copy of the manifests (misspelled field, wrong type, missing field) fails the schema checks.
 """
 
 from __future__ import annotations
