@@ -18,6 +18,7 @@ from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from prometheus_client import CollectorRegistry
 
 from chexray import __version__
+from server import tracing
 from server.api import accounts, legacy, operations, predictions, studies, web
 from server.api.deps import DEPENDENCIES
 from server.api.errors import EXCEPTION_HANDLERS
@@ -71,6 +72,7 @@ def create_app(settings: Settings | None = None, manifest: Manifest | None = Non
     """`manifest`: the model repository's, when the caller has verified it already."""
     settings = settings or Settings.from_env()
     logging.getLogger("chexray").setLevel(settings.log_level.upper())
+    tracing.configure(settings.tracing)
     registry = CollectorRegistry()
     http_metrics = HttpMetrics(registry)
     service = Service(settings, registry, manifest)

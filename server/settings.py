@@ -136,6 +136,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_connections: int = 1000
     drain_timeout_s: float = 25.0
 
+    # OpenTelemetry traces to the OTLP exporter that the standard OTEL_* variables configure
+    # (server/tracing.py); needs the `tracing` extra.
+    tracing: bool = False
+
     # Heatmaps.
     heatmap_alpha: float = 0.45
     decode_threads: int = 2  # decoding and rendering, off the event loop

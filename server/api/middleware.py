@@ -13,6 +13,8 @@ from litestar.datastructures import MutableScopeHeaders
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from server import tracing
+
 LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
@@ -149,12 +151,19 @@ def request_context(
                 message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
             await send(message)
 
-        try:
-            await app(scope, receive, send_with_id)
-        finally:
-            route = scope.get("path_template") or "unmatched"
-            method = scope.get("method", "")
-            metrics.requests.labels(method, route, str(status)).inc()
-            metrics.latency.labels(method, route).observe(time.perf_counter() - start)
+        method = scope.get("method", "")
+        route = scope.get("path_template") or "unmatched"
+        with tracing.request_span(
+            f"{method} {route}",
+            scope["headers"],
+            rid,
+            **{"http.request.method": method, "http.route": route},
+        ) as span:
+            try:
+                await app(scope, receive, send_with_id)
+            finally:
+                tracing.set_attributes(span, **{"http.response.status_code": status})
+                metrics.requests.labels(method, route, str(status)).inc()
+                metrics.latency.labels(method, route).observe(time.perf_counter() - start)
 
     return middleware

@@ -19,6 +19,7 @@ from typing import TypeVar
 import numpy as np
 from prometheus_client import CollectorRegistry, Gauge
 
+from server import tracing
 from server.errors import ChexrayError
 from server.runtime import contract
 from server.runtime.admission import Admission
@@ -186,12 +187,27 @@ class Engine:
         """Bytes of a PNG, JPEG or DICOM -> Prediction. Raises a DecodeError or Overloaded."""
         self.metrics.requests.inc()
         try:
-            image, model_input, decode_s, resize_s = await self._run_cpu(self.prepare, data)
+            started, image, model_input, decode_s, resize_s = await self._run_cpu(
+                self._timed_prepare, data
+            )
         except ChexrayError as exc:
             self.metrics.errors.labels(kind=exc.code).inc()
             raise
         self.metrics.preprocess.observe(decode_s + resize_s)
+        submitted = tracing.now_ns()
         result = await self.batcher.submit(model_input)
+        if tracing.enabled():
+            decoded = started + int(decode_s * 1e9)
+            tracing.record("decode", started, decoded, **{"image.format": image.format})
+            tracing.record("preprocess", decoded, decoded + int(resize_s * 1e9))
+            batch_start = submitted + int(result.queue_s * 1e9)
+            tracing.record("queue_wait", submitted, batch_start)
+            tracing.record(
+                "compute",
+                batch_start,
+                batch_start + int(result.compute_s * 1e9),
+                **{"batch.size": result.batch_size, "backend": self.choice.label},
+            )
         out = result.outputs
         thresholds = self.manifest.thresholds.values
         probs = out[contract.PROBABILITIES].astype(np.float32)
@@ -218,6 +234,10 @@ class Engine:
             backend=self.choice.label,
             precision=self.choice.precision,
         )
+
+    def _timed_prepare(self, data: bytes) -> tuple[int, DecodedImage, np.ndarray, float, float]:
+        """prepare, with its wall-clock start (for the trace's decode span)."""
+        return (tracing.now_ns(), *self.prepare(data))
 
     async def _run_cpu(self, fn: Callable[..., T], *args: object) -> T:
         """Decoding and resizing in the engine's pool, off the event loop."""

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from server import tracing
 from server.cam.renderer import Renderer
 from server.errors import NotFound
 from server.runtime.findings import slug
@@ -74,7 +75,10 @@ class Predictions:
         if keep or options.heatmap:
             t = time.perf_counter()
             p = prediction
-            heat = await self.renderer.heatmap(p.image.pixels, p.cam_maps, p.probabilities, p.calls)
+            with tracing.span("heatmap"):
+                heat = await self.renderer.heatmap(
+                    p.image.pixels, p.cam_maps, p.probabilities, p.calls
+                )
             heatmap_ms = (time.perf_counter() - t) * 1e3
         if keep or options.image:
             image = await self.renderer.encode_png(prediction.image.pixels)
@@ -82,7 +86,9 @@ class Predictions:
         result = result_from_prediction(prediction, study_id, options.owner_id, options.title)
         if keep:
             assert heat is not None and image is not None
-            stored = await self.store.add_study(study_row(result), {IMAGE: image, HEATMAP: heat})
+            with tracing.span("store"):
+                row = study_row(result)
+                stored = await self.store.add_study(row, {IMAGE: image, HEATMAP: heat})
             result = result_from_study(stored)
         return Analysis(
             result,
