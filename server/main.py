@@ -56,7 +56,11 @@ def serve(overrides: dict[str, object], preset: str = "default", build: bool = T
     from server.app import create_app
     from server.http_server import DrainingServer
 
-    app = create_app(settings, manifest)
+    try:
+        app = create_app(settings, manifest)
+    except RuntimeError as exc:  # e.g. tracing asked for without OpenTelemetry installed
+        print(f"chexray serve: {exc}")
+        return 2
     config = uvicorn.Config(
         app,
         host=settings.host,
