@@ -14,14 +14,14 @@ from litestar import Litestar, Router
 from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
+from litestar.openapi.plugins import JsonRenderPlugin
 from prometheus_client import CollectorRegistry
 
 from chexray import __version__
 from server.api import accounts, legacy, operations, predictions, studies, web
 from server.api.deps import DEPENDENCIES
 from server.api.errors import EXCEPTION_HANDLERS
-from server.api.middleware import HttpMetrics, TrustedProxies, nosniff, request_context
+from server.api.middleware import HttpMetrics, TrustedProxies, request_context, security_headers
 from server.api.ratelimit import Limits
 from server.service import Manifest, Service
 from server.settings import Settings
@@ -94,7 +94,7 @@ def create_app(settings: Settings | None = None, manifest: Manifest | None = Non
         dependencies=DEPENDENCIES,
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=[lambda app: request_context(app, http_metrics, trusted)],
-        before_send=[nosniff],
+        before_send=[security_headers],
         lifespan=[lifespan],
         state=State(
             {
@@ -113,7 +113,11 @@ def create_app(settings: Settings | None = None, manifest: Manifest | None = Non
             description="Chest X-ray findings, probabilities and heatmaps from a five-CNN "
             "ensemble. Research use only: not a medical device.",
             path="/schema",
-            render_plugins=[ScalarRenderPlugin(), SwaggerRenderPlugin(path="/swagger")],
+            # Swagger UI from this server's files at /schema and /schema/swagger; with the
+            # pages off, the JSON schema alone (the rest of /schema answers 404).
+            render_plugins=[web.SwaggerDocs()]
+            if settings.api_docs
+            else [web.NoDocs(), JsonRenderPlugin()],
         ),
         request_max_body_size=MAX_JSON_BODY,  # the upload routes' Router allows more
         debug=False,
