@@ -13,6 +13,9 @@ from litestar.datastructures import MutableScopeHeaders
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+# nginx's status for a client that closed the connection before the answer: counted apart
+# from the server's own failures (a 5xx is a bug or an outage; this is neither).
+CLIENT_CLOSED_REQUEST = 499
 LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
@@ -136,13 +139,20 @@ async def security_headers(message: Message, scope: Scope) -> None:
                 headers[name] = value
 
 
+def client_disconnected(scope: Scope) -> bool:
+    """Whether the client went away while its request was being read (http.disconnect)."""
+    return bool(scope.get("state", {}).get("client_disconnected"))
+
+
 def request_context(
     app: ASGIApp, metrics: HttpMetrics, trusted: TrustedProxies | None = None
 ) -> ASGIApp:
     """Give each request an id (the client's X-Request-ID if sane), echo it in the
     response, and count the request by its route template (not its raw path). The client
     address (client_address) replaces the peer's in scope["client"], as the scheme a
-    trusted proxy forwards replaces scope["scheme"], so every reader sees the same."""
+    trusted proxy forwards replaces scope["scheme"], so every reader sees the same. A
+    client that disconnects mid-request is noted in the scope, so that the error Litestar
+    raises for it is answered (to nobody) and counted as 499, not as a server error."""
     trusted = trusted or TrustedProxies()
 
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
@@ -161,6 +171,12 @@ def request_context(
         status = 500
         start = time.perf_counter()
 
+        async def watch_receive() -> Message:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                scope["state"]["client_disconnected"] = True
+            return message
+
         async def send_with_id(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
@@ -169,7 +185,7 @@ def request_context(
             await send(message)
 
         try:
-            await app(scope, receive, send_with_id)
+            await app(scope, watch_receive, send_with_id)
         finally:
             route = scope.get("path_template") or "unmatched"
             method = scope.get("method", "")

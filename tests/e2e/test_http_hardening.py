@@ -1,15 +1,21 @@
 """A real `chexray serve` process over real HTTP: the security headers on every answer
 (every HTML page above all, whatever path reaches it), the API documentation page served
-from this server's own files only (in Chromium, where installed)."""
+from this server's own files only (in Chromium, where installed), and a client that hangs
+up mid-upload counted and logged as a client disconnect, not as a server error."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import socket
+import time
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.support.api import xray
 from tests.support.server_process import running_server
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -117,3 +123,58 @@ def test_api_docs_work_in_a_browser_under_the_csp(server) -> None:
     assert operations >= 20
     assert status.strip().startswith("200")
     assert problems == [] and elsewhere == []
+
+
+def _hang_up_mid_upload(base: str, path: str, content_type: str, sent: bytes) -> None:
+    """Announce a body larger than what is sent, send part of it, and close the socket."""
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as s:
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: {content_type}\r\n"
+            f"Content-Length: {len(sent) + 1_000_000}\r\n\r\n"
+        )
+        s.sendall(head.encode() + sent)
+        time.sleep(0.2)  # let the server start reading the body
+
+
+def test_a_client_hanging_up_mid_upload_is_no_server_error(tiny_repo: Path, tmp_path: Path) -> None:
+    with running_server(tiny_repo, tmp_path, CHEXRAY_LOG_LEVEL="info") as (base, proc):
+        fds = Path(f"/proc/{proc.pid}/fd")
+        part = (
+            b'--b\r\nContent-Disposition: form-data; name="image"; filename="x.png"\r\n'
+            b"Content-Type: image/png\r\n\r\n\x89PNG" + os.urandom(2_000_000)
+        )
+        _hang_up_mid_upload(base, "/api/v1/predictions", "multipart/form-data; boundary=b", part)
+        _hang_up_mid_upload(base, "/api/v1/predictions", "image/png", b"\x89PNG" + bytes(5000))
+        _hang_up_mid_upload(
+            base, "/api/chexray/anonupload", "multipart/form-data; boundary=b", part
+        )
+        _hang_up_mid_upload(base, "/api/v1/auth/login", "application/json", b'{"username": ')
+        metrics = ""
+        deadline = time.monotonic() + 10
+        while metrics.count('status="499"') < 4 and time.monotonic() < deadline:
+            metrics = httpx.get(base + "/metrics", timeout=10).text
+            time.sleep(0.1)
+        # No file of the abandoned uploads stays open (multipart parts past 1 MiB spill
+        # to unlinked temporary files).
+        open_files = [os.readlink(fd) for fd in fds.iterdir()] if fds.exists() else []
+        # The server still answers, and a whole upload still works.
+        ok = httpx.post(
+            base + "/api/v1/predictions?heatmap=none",
+            content=xray(),
+            headers={"content-type": "image/png"},
+            timeout=30,
+        )
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        log = proc.stdout.read()
+    assert ok.status_code == 200, ok.text
+    assert not [f for f in open_files if f.endswith("(deleted)")], open_files
+    requests = [line for line in metrics.splitlines() if line.startswith("chexray_http_requests")]
+    assert 'route="/api/v1/predictions",status="499"} 2.0' in metrics, requests
+    assert 'route="/api/chexray/anonupload",status="499"} 1.0' in metrics, requests
+    assert 'route="/api/v1/auth/login",status="499"} 1.0' in metrics, requests
+    # (the only 5xx: 503s from /health/ready while the server was starting)
+    assert not [r for r in requests if 'status="5' in r and "/health/ready" not in r], requests
+    assert log.count("client disconnected before sending its whole request") == 4, log
+    assert "Traceback" not in log and "unexpected error" not in log and " 500 " not in log, log
