@@ -18,6 +18,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 CLIENT_CLOSED_REQUEST = 499
 LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+# Metric labels come from this set only: a client's made-up method is counted as "other".
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -189,6 +191,7 @@ def request_context(
         finally:
             route = scope.get("path_template") or "unmatched"
             method = scope.get("method", "")
+            method = method if method in METHODS else "other"
             metrics.requests.labels(method, route, str(status)).inc()
             metrics.latency.labels(method, route).observe(time.perf_counter() - start)
 
