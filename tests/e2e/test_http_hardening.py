@@ -125,13 +125,16 @@ def test_api_docs_work_in_a_browser_under_the_csp(server) -> None:
     assert problems == [] and elsewhere == []
 
 
-def _hang_up_mid_upload(base: str, path: str, content_type: str, sent: bytes) -> None:
-    """Announce a body larger than what is sent, send part of it, and close the socket."""
+def _hang_up_mid_upload(
+    base: str, path: str, content_type: str, sent: bytes, missing: int = 1_000_000
+) -> None:
+    """Announce a body `missing` bytes larger than what is sent (within the route's body
+    limit, or it is refused with 413 unread), send part of it, and close the socket."""
     host, port = base.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port))) as s:
         head = (
             f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: {content_type}\r\n"
-            f"Content-Length: {len(sent) + 1_000_000}\r\n\r\n"
+            f"Content-Length: {len(sent) + missing}\r\n\r\n"
         )
         s.sendall(head.encode() + sent)
         time.sleep(0.2)  # let the server start reading the body
@@ -149,7 +152,9 @@ def test_a_client_hanging_up_mid_upload_is_no_server_error(tiny_repo: Path, tmp_
         _hang_up_mid_upload(
             base, "/api/chexray/anonupload", "multipart/form-data; boundary=b", part
         )
-        _hang_up_mid_upload(base, "/api/v1/auth/login", "application/json", b'{"username": ')
+        _hang_up_mid_upload(
+            base, "/api/v1/auth/login", "application/json", b'{"username": ', missing=100
+        )
         metrics = ""
         deadline = time.monotonic() + 10
         while metrics.count('status="499"') < 4 and time.monotonic() < deadline:
