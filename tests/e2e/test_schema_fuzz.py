@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -128,11 +129,13 @@ def test_the_api_keeps_to_its_schema(tiny_repo: Path, tmp_path: Path) -> None:
     assert report.exists(), output
     result = json.loads(report.read_text())
     cases = result["test_cases"]
+    links = re.search(r"API Links:\s*(.*)", output)
     print(
         f"schemathesis {result['schemathesis_version']}: "
         f"{result['operations']['tested']} operations, {cases['generated']} test cases, "
         f"{cases['unique_failures']} failures, {len(result['errors'])} errors, "
-        f"phases { ({k: v['status'] for k, v in result['phases'].items()}) }"
+        f"phases { ({k: v['status'] for k, v in result['phases'].items()}) }, "
+        f"stateful links {links.group(1).strip() if links else '?'}"
     )
     assert result["operations"]["tested"] == result["operations"]["total"] >= 25, output
     assert cases["generated"] >= 500, output
