@@ -7,14 +7,16 @@ and warmed up, which happens in the background after start-up.
 from __future__ import annotations
 
 import logging
+from collections import defaultdict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from litestar import Litestar, Router
+from litestar import HttpMethod, Litestar, Response, Router, route
 from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
+from litestar.handlers import HTTPRouteHandler
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
+from litestar.openapi.plugins import JsonRenderPlugin
 from prometheus_client import CollectorRegistry
 
 from chexray import __version__
@@ -22,7 +24,8 @@ from server import tracing
 from server.api import accounts, legacy, operations, predictions, studies, web
 from server.api.deps import DEPENDENCIES
 from server.api.errors import EXCEPTION_HANDLERS
-from server.api.middleware import HttpMetrics, TrustedProxies, nosniff, request_context
+from server.api.middleware import HttpMetrics, TrustedProxies, request_context, security_headers
+from server.api.openapi import SECURITY_SCHEMES, StrictStructSchemaPlugin
 from server.api.ratelimit import Limits
 from server.service import Manifest, Service
 from server.settings import Settings
@@ -68,6 +71,33 @@ ROUTES = [
 ]
 
 
+def options_handlers(handlers: list) -> list[HTTPRouteHandler]:
+    """OPTIONS for each path that several handlers serve, naming all their methods in Allow.
+
+    Litestar 2 answers such a path's OPTIONS with the first handler's methods only
+    (litestar-org/litestar#4169, fixed in Litestar 3); registered before the others, these
+    replace its own."""
+    methods: dict[str, set[str]] = defaultdict(set)
+    count: dict[str, int] = defaultdict(int)
+    for handler in (h for h in handlers if isinstance(h, HTTPRouteHandler)):
+        for path in handler.paths:
+            methods[path] |= set(handler.http_methods)
+            count[path] += 1
+
+    def allow(path: str, names: str) -> HTTPRouteHandler:
+        @route(path, http_method=[HttpMethod.OPTIONS], include_in_schema=False)
+        async def options() -> Response[None]:
+            return Response(None, status_code=204, headers={"Allow": names})
+
+        return options
+
+    return [
+        allow(path, ", ".join(sorted(names | {"OPTIONS"})))
+        for path, names in methods.items()
+        if count[path] > 1
+    ]
+
+
 def create_app(settings: Settings | None = None, manifest: Manifest | None = None) -> Litestar:
     """`manifest`: the model repository's, when the caller has verified it already."""
     settings = settings or Settings.from_env()
@@ -91,12 +121,12 @@ def create_app(settings: Settings | None = None, manifest: Manifest | None = Non
         request_max_body_size=settings.max_upload_bytes + 1024 * 1024,
     )
     trusted = TrustedProxies(settings.trusted_proxies)
-    return Litestar(
-        route_handlers=[uploads, *ROUTES],
+    app = Litestar(
+        route_handlers=[*options_handlers([*UPLOAD_ROUTES, *ROUTES]), uploads, *ROUTES],
         dependencies=DEPENDENCIES,
         exception_handlers=EXCEPTION_HANDLERS,
-        middleware=[lambda app: request_context(app, http_metrics, trusted)],
-        before_send=[nosniff],
+        before_send=[security_headers],
+        plugins=[StrictStructSchemaPlugin()],
         lifespan=[lifespan],
         state=State(
             {
@@ -115,8 +145,17 @@ def create_app(settings: Settings | None = None, manifest: Manifest | None = Non
             description="Chest X-ray findings, probabilities and heatmaps from a five-CNN "
             "ensemble. Research use only: not a medical device.",
             path="/schema",
-            render_plugins=[ScalarRenderPlugin(), SwaggerRenderPlugin(path="/swagger")],
+            components=SECURITY_SCHEMES,
+            # Swagger UI from this server's files at /schema and /schema/swagger; with the
+            # pages off, the JSON schema alone (the rest of /schema answers 404).
+            render_plugins=[web.SwaggerDocs()]
+            if settings.api_docs
+            else [web.NoDocs(), JsonRenderPlugin()],
         ),
         request_max_body_size=MAX_JSON_BODY,  # the upload routes' Router allows more
         debug=False,
     )
+    # Around the router rather than per route (Litestar's `middleware=`), so that the
+    # router's own 404s and 405s also carry a request id and are counted.
+    app.asgi_handler = request_context(app.asgi_handler, http_metrics, trusted)
+    return app

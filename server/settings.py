@@ -86,6 +86,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # believed; empty: nobody's, the peer is the client.
     trusted_proxies: tuple[str, ...] = ()
     cookie_secure: bool = False  # set true behind HTTPS
+    # The browsable API documentation (/schema, /schema/swagger); /schema/openapi.json
+    # stays either way (clients and code generators read it).
+    api_docs: bool = True
 
     model_dir: Path = Path("models_onnx")
 

@@ -101,9 +101,11 @@ def record(name: str, start_ns: int, end_ns: int, **attributes: object) -> None:
     s.end(end_time=end_ns)
 
 
-def set_attributes(target: Any, **attributes: object) -> None:
-    """Add attributes to a span from `request_span` (ignored when tracing is off)."""
+def set_attributes(target: Any, name: str | None = None, **attributes: object) -> None:
+    """Name a span from `request_span` and add attributes (ignored when tracing is off)."""
     if target is not None:
+        if name is not None:
+            target.update_name(name)
         target.set_attributes(_clean(attributes))
 
 

@@ -17,6 +17,14 @@ from server.api.auth import (
 )
 from server.api.deps import AuthDep, LimiterDep, PrincipalDep, ServiceDep, SettingsDep
 from server.api.errors import ApiError
+from server.api.openapi import (
+    ANYONE,
+    SIGNED_IN,
+    SIGNED_IN_CHANGE,
+    SIGNED_IN_ONLY,
+    NoContentOperation,
+    errors,
+)
 from server.api.ratelimit import Attempt, Limited, Limits
 from server.api.schemas import (
     LoginIn,
@@ -86,7 +94,12 @@ async def profile(service: Service, user: User, count: int | None = None) -> Pro
     return Profile(user.id, user.username, user.email, user.full_name, user.date_joined, count)
 
 
-@post("/api/v1/auth/register", status_code=201, tags=["accounts"])
+@post(
+    "/api/v1/auth/register",
+    status_code=201,
+    tags=["accounts"],
+    responses=errors(400, 409, 413, 415, 422, 429, 503),
+)
 async def register(
     request: Request, data: JSONBody[RegisterIn], service: ServiceDep, limiter: LimiterDep
 ) -> Profile:
@@ -99,7 +112,12 @@ async def register(
     return await profile(service, user, 0)
 
 
-@post("/api/v1/auth/login", status_code=200, tags=["accounts"])
+@post(
+    "/api/v1/auth/login",
+    status_code=200,
+    tags=["accounts"],
+    responses=errors(400, 401, 403, 413, 415, 429, 503),
+)
 async def login(
     request: Request,
     data: JSONBody[LoginIn],
@@ -124,7 +142,14 @@ async def login(
     return response
 
 
-@post("/api/v1/auth/logout", status_code=204, tags=["accounts"])
+@post(
+    "/api/v1/auth/logout",
+    status_code=204,
+    tags=["accounts"],
+    operation_class=NoContentOperation,
+    security=SIGNED_IN_ONLY,
+    responses=errors(*SIGNED_IN_CHANGE),
+)
 async def logout(auth: AuthDep, service: ServiceDep) -> Response[None]:
     """Revoke the token (or session) this request was made with."""
     await service.accounts.sign_out(auth)
@@ -133,25 +158,36 @@ async def logout(auth: AuthDep, service: ServiceDep) -> Response[None]:
     return response
 
 
-@get("/api/v1/auth/session", tags=["accounts"])
+@get("/api/v1/auth/session", tags=["accounts"], security=ANYONE, responses=errors(*SIGNED_IN))
 async def session(principal: PrincipalDep, service: ServiceDep) -> SessionOut:
     """Who is signed in, if anyone (200 either way; the web app asks this at start)."""
     return SessionOut(await profile(service, principal.user) if principal else None)
 
 
-@get("/api/v1/me", tags=["accounts"])
+@get("/api/v1/me", tags=["accounts"], security=SIGNED_IN_ONLY, responses=errors(*SIGNED_IN))
 async def get_me(auth: AuthDep, service: ServiceDep) -> Profile:
     return await profile(service, auth.user)
 
 
-@patch("/api/v1/me", tags=["accounts"])
+@patch(
+    "/api/v1/me",
+    tags=["accounts"],
+    security=SIGNED_IN_ONLY,
+    responses=errors(400, *SIGNED_IN_CHANGE, 413),
+)
 async def patch_me(auth: AuthDep, data: JSONBody[ProfilePatch], service: ServiceDep) -> Profile:
     """Change email or full name."""
     user = await service.accounts.update_profile(auth.user, data.email, data.full_name)
     return await profile(service, user)
 
 
-@post("/api/v1/me/password", status_code=200, tags=["accounts"])
+@post(
+    "/api/v1/me/password",
+    status_code=200,
+    tags=["accounts"],
+    security=SIGNED_IN_ONLY,
+    responses=errors(400, *SIGNED_IN_CHANGE, 413, 422, 429),
+)
 async def change_password(
     request: Request,
     auth: AuthDep,
@@ -168,7 +204,14 @@ async def change_password(
     return PasswordChanged(revoked)
 
 
-@delete("/api/v1/me", status_code=204, tags=["accounts"])
+@delete(
+    "/api/v1/me",
+    status_code=204,
+    tags=["accounts"],
+    operation_class=NoContentOperation,
+    security=SIGNED_IN_ONLY,
+    responses=errors(*SIGNED_IN_CHANGE),
+)
 async def delete_me(auth: AuthDep, service: ServiceDep) -> Response[None]:
     """Delete the account, its tokens, its studies and their files."""
     await service.accounts.delete(auth)

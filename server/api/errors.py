@@ -11,6 +11,7 @@ import logging
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
+from server.api.middleware import CLIENT_CLOSED_REQUEST, client_disconnected
 from server.api.schemas import Error
 from server.errors import (
     ChexrayError,
@@ -113,6 +114,9 @@ def handle_validation(request: Request, exc: ValidationException) -> Response:
 
 def handle_http(request: Request, exc: HTTPException) -> Response:
     status = exc.status_code
+    if status >= 500 and client_disconnected(request.scope):
+        # Litestar's "client disconnected prematurely": the client's doing, not a bug.
+        return handle_client_gone(request)
     if status >= 500:
         return handle_unexpected(request, exc)
     code = STATUS_CODES.get(status, "http_error")
@@ -131,6 +135,23 @@ def _body_limit(request: Request) -> int | None:
     """The body limit of the route answering (app.py sets one on every layer)."""
     resolve = getattr(request.scope.get("route_handler"), "resolve_request_max_body_size", None)
     return resolve() if resolve is not None else None
+
+
+def handle_client_gone(request: Request) -> Response:
+    """The client closed the connection before sending its whole request: nobody will
+    read this answer; it is logged and counted as 499, without a traceback."""
+    log.info(
+        "client disconnected before sending its whole request (request %s) on %s %s",
+        request_id(request),
+        request.method,
+        request.url.path,
+    )
+    return _respond(
+        request,
+        CLIENT_CLOSED_REQUEST,
+        "client_disconnected",
+        "the connection closed before the whole request arrived",
+    )
 
 
 def handle_unexpected(request: Request, exc: Exception) -> Response:

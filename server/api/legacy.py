@@ -19,6 +19,14 @@ from msgspec import Meta
 from server.api.accounts import guard_register, guard_sign_in
 from server.api.deps import AuthDep, LimiterDep, PrincipalDep, ServiceDep
 from server.api.errors import ApiError
+from server.api.openapi import (
+    SIGNED_IN,
+    SIGNED_IN_CHANGE,
+    SIGNED_IN_ONLY,
+    UPLOAD,
+    UploadOperation,
+    errors,
+)
 from server.api.schemas import Password, Username
 from server.api.studies import finding_of, png, user_id
 from server.api.uploads import read_upload
@@ -104,7 +112,12 @@ def legacy_xray(request: Request, r: Result) -> LegacyXray:
 TAGS = ["legacy compatibility"]
 
 
-@post("/api/chexray/signup/", status_code=200, tags=TAGS)
+@post(
+    "/api/chexray/signup/",
+    status_code=200,
+    tags=TAGS,
+    responses=errors(400, 409, 413, 415, 422, 429, 503),
+)
 async def signup(
     request: Request, data: JSONBody[SignupIn], service: ServiceDep, limiter: LimiterDep
 ) -> SignupOut:
@@ -114,7 +127,12 @@ async def signup(
     return SignupOut("Successfully registered a new user.", user.username, raw)
 
 
-@post("/api/chexray/login/", status_code=200, tags=TAGS)
+@post(
+    "/api/chexray/login/",
+    status_code=200,
+    tags=TAGS,
+    responses=errors(400, 401, 413, 415, 429, 503),
+)
 async def legacy_login(
     request: Request, data: JSONBody[LegacyLoginIn], service: ServiceDep, limiter: LimiterDep
 ) -> LegacyLoginOut:
@@ -123,13 +141,19 @@ async def legacy_login(
     return LegacyLoginOut(user.id, user.username, raw)
 
 
-@get("/api/chexray/user/", tags=TAGS)
+@get("/api/chexray/user/", tags=TAGS, security=SIGNED_IN_ONLY, responses=errors(*SIGNED_IN))
 async def legacy_user(request: Request, auth: AuthDep, service: ServiceDep) -> LegacyUser:
     results, _ = await service.predictions.history(auth.user_id, 1, 10_000, None)
     return LegacyUser(auth.user_id, auth.user.username, [legacy_xray(request, r) for r in results])
 
 
-@post("/api/chexray/xray/", status_code=200, tags=TAGS)
+@post(
+    "/api/chexray/xray/",
+    status_code=200,
+    tags=TAGS,
+    security=SIGNED_IN_ONLY,
+    responses=errors(400, *SIGNED_IN_CHANGE, 404, 413),
+)
 async def legacy_xray_detail(
     request: Request, data: JSONBody[XrayIn], auth: AuthDep, service: ServiceDep
 ) -> LegacyXray:
@@ -145,12 +169,25 @@ async def _upload(request: Request, service: ServiceDep, owner_id: int | None) -
     return legacy_xray(request, analysis.result)
 
 
-@post("/api/chexray/upload/", status_code=200, tags=TAGS)
+@post(
+    "/api/chexray/upload/",
+    status_code=200,
+    tags=TAGS,
+    operation_class=UploadOperation,
+    security=SIGNED_IN_ONLY,
+    responses=errors(*UPLOAD, 401, 403),
+)
 async def legacy_upload(request: Request, auth: AuthDep, service: ServiceDep) -> LegacyXray:
     return await _upload(request, service, auth.user_id)
 
 
-@post("/api/chexray/anonupload/", status_code=200, tags=TAGS)
+@post(
+    "/api/chexray/anonupload/",
+    status_code=200,
+    tags=TAGS,
+    operation_class=UploadOperation,
+    responses=errors(*UPLOAD),
+)
 async def legacy_anonupload(request: Request, service: ServiceDep) -> LegacyXray:
     """Stored without an owner (the legacy application filed these under user 1), reachable
     by id."""

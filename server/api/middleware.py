@@ -1,5 +1,5 @@
-"""Request ids, HTTP metrics and the client's address, for every request including failed
-ones."""
+"""Request ids, HTTP metrics, the client's address and security headers, for every
+request including failed ones."""
 
 from __future__ import annotations
 
@@ -15,8 +15,13 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from server import tracing
 
+# nginx's status for a client that closed the connection before the answer: counted apart
+# from the server's own failures (a 5xx is a bug or an outage; this is neither).
+CLIENT_CLOSED_REQUEST = 499
 LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+# Metric labels come from this set only: a client's made-up method is counted as "other".
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -112,11 +117,35 @@ class HttpMetrics:
         )
 
 
-async def nosniff(message: Message, scope: Scope) -> None:
-    """A `before_send` hook, so that it reaches every answer, the router's own 404s too: no
-    answer of this server is to be reinterpreted by a browser's content sniffing."""
+# Pages may load scripts, styles and images from this server only; no inline script or
+# style; no framing by any site (frame-ancestors, and X-Frame-Options for old browsers).
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; img-src 'self' data: blob:; script-src 'self'; style-src 'self'; "
+    "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "same-origin",
+}
+
+
+async def security_headers(message: Message, scope: Scope) -> None:
+    """A `before_send` hook, so that it reaches every answer: the web app, its static
+    files, the API documentation and the router's own 404s. No answer of this server is to
+    be content-sniffed, framed, or run a script from elsewhere; JSON and images gain
+    nothing from a CSP and lose nothing either."""
     if message["type"] == "http.response.start":
-        MutableScopeHeaders.from_message(message)["X-Content-Type-Options"] = "nosniff"
+        headers = MutableScopeHeaders.from_message(message)
+        for name, value in SECURITY_HEADERS.items():
+            if headers.get(name) is None:
+                headers[name] = value
+
+
+def client_disconnected(scope: Scope) -> bool:
+    """Whether the client went away while its request was being read (http.disconnect)."""
+    return bool(scope.get("state", {}).get("client_disconnected"))
 
 
 def request_context(
@@ -125,7 +154,9 @@ def request_context(
     """Give each request an id (the client's X-Request-ID if sane), echo it in the
     response, and count the request by its route template (not its raw path). The client
     address (client_address) replaces the peer's in scope["client"], as the scheme a
-    trusted proxy forwards replaces scope["scheme"], so every reader sees the same."""
+    trusted proxy forwards replaces scope["scheme"], so every reader sees the same. A
+    client that disconnects mid-request is noted in the scope, so that the error Litestar
+    raises for it is answered (to nobody) and counted as 499, not as a server error."""
     trusted = trusted or TrustedProxies()
 
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
@@ -144,6 +175,12 @@ def request_context(
         status = 500
         start = time.perf_counter()
 
+        async def watch_receive() -> Message:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                scope["state"]["client_disconnected"] = True
+            return message
+
         async def send_with_id(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
@@ -151,18 +188,23 @@ def request_context(
                 message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
             await send(message)
 
-        method = scope.get("method", "")
-        route = scope.get("path_template") or "unmatched"
-        with tracing.request_span(
-            f"{method} {route}",
-            scope["headers"],
-            rid,
-            **{"http.request.method": method, "http.route": route},
-        ) as span:
+        # The route is known once the router has run: the span is named at the end.
+        with tracing.request_span(f"HTTP {scope.get('method', '')}", scope["headers"], rid) as span:
             try:
-                await app(scope, receive, send_with_id)
+                await app(scope, watch_receive, send_with_id)
             finally:
-                tracing.set_attributes(span, **{"http.response.status_code": status})
+                route = scope.get("path_template") or "unmatched"
+                method = scope.get("method", "")
+                method = method if method in METHODS else "other"
+                tracing.set_attributes(
+                    span,
+                    name=f"{method} {route}",
+                    **{
+                        "http.request.method": method,
+                        "http.route": route,
+                        "http.response.status_code": status,
+                    },
+                )
                 metrics.requests.labels(method, route, str(status)).inc()
                 metrics.latency.labels(method, route).observe(time.perf_counter() - start)
 

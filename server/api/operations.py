@@ -9,6 +9,7 @@ from litestar.datastructures import State
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from server.api.deps import ServiceDep, SettingsDep
+from server.api.openapi import NOT_READY, errors
 from server.api.schemas import (
     CalibrationInfo,
     Health,
@@ -25,7 +26,7 @@ async def live() -> Health:
     return Health("ok")
 
 
-@get("/health/ready", tags=["operations"])
+@get("/health/ready", tags=["operations"], responses=NOT_READY)
 async def ready(service: ServiceDep) -> Response[Health]:
     """Models loaded, warm-up done and the database reachable; 503 otherwise."""
     checks, error = await service.readiness()
@@ -40,7 +41,7 @@ async def metrics(state: State) -> Response[bytes]:
     return Response(generate_latest(state.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-@get("/api/v1/models", tags=["models"])
+@get("/api/v1/models", tags=["models"], responses=errors(503))
 async def models(service: ServiceDep, settings: SettingsDep) -> ModelsOut:
     """What is being served: members, sizes, trained or not, weights, thresholds, version."""
     serving = service.serving()

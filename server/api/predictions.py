@@ -9,13 +9,21 @@ from litestar.params import Parameter
 
 from server.api.deps import PrincipalDep, ServiceDep
 from server.api.errors import ApiError
+from server.api.openapi import ANYONE, UPLOAD, UploadOperation, errors
 from server.api.responses import study_out
 from server.api.schemas import StudyOut
 from server.api.uploads import read_upload
 from server.service import AnalyseOptions
 
 
-@post("/api/v1/predictions", status_code=200, tags=["predictions"])
+@post(
+    "/api/v1/predictions",
+    status_code=200,
+    tags=["predictions"],
+    operation_class=UploadOperation,
+    security=ANYONE,
+    responses=errors(*UPLOAD, 401, 403),
+)
 async def create_prediction(
     request: Request,
     service: ServiceDep,

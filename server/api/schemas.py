@@ -8,15 +8,26 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
-Username = Annotated[str, Meta(min_length=1, max_length=150, pattern=r"^[\w.@+-]+$")]
-Email = Annotated[str, Meta(max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")]
+# The patterns mean the same to msgspec (Python's re) as to JSON Schema readers. Python's
+# `$` also matches before a final newline ("alice\n" would pass): (?!\n) refuses that and
+# changes nothing elsewhere. An email character is spelled out (no "@", no space, no
+# control character), as Python's \s and JSON Schema's differ on \x1c-\x1f, \x85, \ufeff.
+_END = r"$(?!\n)"
+_EMAIL_CHAR = r"[^@\s\x00-\x1f\x7f-\x9f\ufeff]"
+Username = Annotated[str, Meta(min_length=1, max_length=150, pattern=r"^[\w.@+-]+" + _END)]
+Email = Annotated[
+    str,
+    Meta(max_length=254, pattern=f"^{_EMAIL_CHAR}+@{_EMAIL_CHAR}+\\.{_EMAIL_CHAR}+{_END}"),
+]
 Password = Annotated[str, Meta(min_length=1, max_length=1024)]
 
 
 class Error(msgspec.Struct):
     code: str
     message: str
-    detail: object | None = None
+    # Any JSON value, null included (`object | None` would document null twice: a oneOf
+    # that no null matches exactly once).
+    detail: object = None
     request_id: str | None = None
 
 

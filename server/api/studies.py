@@ -10,6 +10,7 @@ from litestar.params import FromPath, Parameter
 
 from server.api.deps import AuthDep, PrincipalDep, ServiceDep
 from server.api.errors import ApiError
+from server.api.openapi import ANYONE, SIGNED_IN, SIGNED_IN_CHANGE, SIGNED_IN_ONLY, errors
 from server.api.responses import study_out, study_summary
 from server.api.schemas import StudyOut, StudyPage
 from server.service import FINDINGS, Principal, finding_for, slug
@@ -39,7 +40,12 @@ def png(data: bytes) -> Response[bytes]:
     return Response(data, media_type=PNG, headers=PRIVATE)
 
 
-@get("/api/v1/studies", tags=["studies"])
+@get(
+    "/api/v1/studies",
+    tags=["studies"],
+    security=SIGNED_IN_ONLY,
+    responses=errors(400, *SIGNED_IN, 404),
+)
 async def list_studies(
     request: Request,
     auth: AuthDep,
@@ -60,7 +66,13 @@ async def list_studies(
     )
 
 
-@get("/api/v1/studies/{study_id:str}", tags=["studies"], name="study")
+@get(
+    "/api/v1/studies/{study_id:str}",
+    tags=["studies"],
+    name="study",
+    security=ANYONE,
+    responses=errors(400, *SIGNED_IN, 404),
+)
 async def get_study(
     request: Request, study_id: FromPath[str], principal: PrincipalDep, service: ServiceDep
 ) -> StudyOut:
@@ -68,12 +80,25 @@ async def get_study(
     return study_out(request, await service.predictions.result(study_id, user_id(principal)))
 
 
-@delete("/api/v1/studies/{study_id:str}", status_code=204, tags=["studies"])
+@delete(
+    "/api/v1/studies/{study_id:str}",
+    status_code=204,
+    tags=["studies"],
+    security=SIGNED_IN_ONLY,
+    responses=errors(400, *SIGNED_IN_CHANGE, 404),
+)
 async def delete_study(study_id: FromPath[str], auth: AuthDep, service: ServiceDep) -> None:
     await service.predictions.delete(study_id, auth.user_id)
 
 
-@get("/api/v1/studies/{study_id:str}/image", tags=["studies"], media_type=PNG, name="study_image")
+@get(
+    "/api/v1/studies/{study_id:str}/image",
+    tags=["studies"],
+    media_type=PNG,
+    name="study_image",
+    security=ANYONE,
+    responses=errors(400, *SIGNED_IN, 404),
+)
 async def get_image(
     study_id: FromPath[str], principal: PrincipalDep, service: ServiceDep
 ) -> Response[bytes]:
@@ -87,6 +112,8 @@ async def get_image(
     tags=["studies"],
     media_type=PNG,
     name="study_heatmap",
+    security=ANYONE,
+    responses=errors(400, *SIGNED_IN, 404),
 )
 async def get_heatmap(
     study_id: FromPath[str], principal: PrincipalDep, service: ServiceDep
@@ -101,6 +128,8 @@ async def get_heatmap(
     tags=["studies"],
     media_type=PNG,
     name="study_finding_heatmap",
+    security=ANYONE,
+    responses=errors(400, *SIGNED_IN, 404),
 )
 async def get_finding_heatmap(
     study_id: FromPath[str], finding: FromPath[str], principal: PrincipalDep, service: ServiceDep

@@ -15,14 +15,18 @@ async def read_upload(request: Request) -> tuple[bytes, str]:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "multipart/form-data":
         form = await request.form()
-        image = form.get("image")
-        title = form.get("title") or ""
+        # One of each: a second image or title is refused, not silently dropped.
+        images, titles = form.getall("image", []), form.getall("title", [])
+        image = images[0] if len(images) == 1 else None
+        title = titles[0] if titles else ""
         if not isinstance(image, UploadFile):
             raise ApiError(
-                400, "missing_image", "the multipart form needs a file field named 'image'"
+                400, "missing_image", "the multipart form needs one file field named 'image'"
             )
-        if not isinstance(title, str) or len(title) > 200:
-            raise ApiError(400, "invalid_title", "title must be text of at most 200 characters")
+        if len(titles) > 1 or not isinstance(title, str) or len(title) > 200:
+            raise ApiError(
+                400, "invalid_title", "title must be one text field of at most 200 characters"
+            )
         return await image.read(), title.strip()
     if content_type in RAW_TYPES:
         title = request.query_params.get("title", "")
