@@ -26,11 +26,13 @@ from typing import Any
 import msgspec
 from litestar import MediaType, Request, Response, Router, get, post
 from litestar.exceptions import HTTPException, ValidationException
+from litestar.params import FromPath
 
 from server.api import oip
 from server.api.deps import ServiceDep, SettingsDep
 from server.api.errors import STATUS_CODES, ApiError, request_id, status_of
 from server.errors import ChexrayError, InvalidInput, TooLarge
+from server.service import Service
 from server.service.inference import InferRequest, InferResponse, ModelMeta, TensorMeta
 from server.settings import Settings
 
@@ -103,51 +105,66 @@ async def server_ready(service: ServiceDep) -> Response:
     return _json({"ready": ready}, 200 if ready else 503)
 
 
-@get(
-    ["/models/{model_name:str}", "/models/{model_name:str}/versions/{model_version:str}"],
-    tags=TAGS,
-    sync_to_thread=False,
-)
-def model_metadata(service: ServiceDep, model_name: str, model_version: str = "") -> Response:
+@get("/models/{model_name:str}", tags=TAGS, sync_to_thread=False)
+def model_metadata(service: ServiceDep, model_name: FromPath[str]) -> Response:
     """The model's versions, platform, inputs and outputs (datatypes and shapes)."""
+    return _json(_model_meta(service.inference.model_metadata(model_name)))
+
+
+@get("/models/{model_name:str}/versions/{model_version:str}", tags=TAGS, sync_to_thread=False)
+def model_version_metadata(
+    service: ServiceDep, model_name: FromPath[str], model_version: FromPath[str]
+) -> Response:
     return _json(_model_meta(service.inference.model_metadata(model_name, model_version)))
 
 
-@get(
-    [
-        "/models/{model_name:str}/ready",
-        "/models/{model_name:str}/versions/{model_version:str}/ready",
-    ],
-    tags=TAGS,
-)
-async def model_ready(service: ServiceDep, model_name: str, model_version: str = "") -> Response:
-    """200 when the model can take requests, 503 when not (yet), 404 for another model."""
+async def _model_ready(service: Service, model_name: str, model_version: str = "") -> Response:
     ready = await service.inference.model_ready(model_name, model_version)
     return _json({"name": model_name, "ready": ready}, 200 if ready else 503)
+
+
+@get("/models/{model_name:str}/ready", tags=TAGS)
+async def model_ready(service: ServiceDep, model_name: FromPath[str]) -> Response:
+    """200 when the model can take requests, 503 when not (yet), 404 for another model."""
+    return await _model_ready(service, model_name)
+
+
+@get("/models/{model_name:str}/versions/{model_version:str}/ready", tags=TAGS)
+async def model_version_ready(
+    service: ServiceDep, model_name: FromPath[str], model_version: FromPath[str]
+) -> Response:
+    return await _model_ready(service, model_name, model_version)
 
 
 # -- inference -----------------------------------------------------------------------------
 
 
-@post(
-    [
-        "/models/{model_name:str}/infer",
-        "/models/{model_name:str}/versions/{model_version:str}/infer",
-    ],
-    tags=TAGS,
-    status_code=200,
-)
+@post("/models/{model_name:str}/infer", tags=TAGS, status_code=200)
 async def infer(
-    request: Request,
-    service: ServiceDep,
-    settings: SettingsDep,
-    model_name: str,
-    model_version: str = "",
+    request: Request, service: ServiceDep, settings: SettingsDep, model_name: FromPath[str]
 ) -> Response:
     """Inference: input `image` (BYTES [-1], one encoded PNG, JPEG or DICOM per element;
     base64 in JSON, raw with the binary extension) or `pixels` (UINT8 [-1, H, W], at the
     model's input size); outputs as asked, all when none are named. 503 with Retry-After
     when the wait would exceed the server's budget."""
+    return await _infer(request, service, settings, model_name, "")
+
+
+@post("/models/{model_name:str}/versions/{model_version:str}/infer", tags=TAGS, status_code=200)
+async def infer_version(
+    request: Request,
+    service: ServiceDep,
+    settings: SettingsDep,
+    model_name: FromPath[str],
+    model_version: FromPath[str],
+) -> Response:
+    """Inference on one version of the model (the one served; 404 for another)."""
+    return await _infer(request, service, settings, model_name, model_version)
+
+
+async def _infer(
+    request: Request, service: Service, settings: Settings, model_name: str, model_version: str
+) -> Response:
     inference = service.inference
     inference.check_model(model_name, model_version)
     # One place is taken before the body is read, so refusing costs no upload; the request's
@@ -376,8 +393,11 @@ def router(settings: Settings) -> Router:
             server_live,
             server_ready,
             model_metadata,
+            model_version_metadata,
             model_ready,
+            model_version_ready,
             infer,
+            infer_version,
         ],
         request_max_body_size=settings.max_request_bytes,
         exception_handlers={

@@ -1,0 +1,347 @@
+"""The Open Inference Protocol over REST (/v2) and gRPC in the app, on the tiny repository:
+JSON and the binary tensor data extension built by hand (tritonclient's own requests are
+tests/e2e/test_oip_tritonclient.py's), answers equal to /api/v1/predictions, and errors in
+the protocol's form with the stable code, never a 500."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import chexray
+from server.runtime import contract
+from tests.support.api import client, xray
+from tests.support.images import dicom_ramp, png_header_only
+from tests.support.server_process import free_port
+
+INFER = "/v2/models/chexray/infer"
+
+
+@pytest.fixture(scope="module")
+def c(tiny_repo: Path, tmp_path_factory: pytest.TempPathFactory):
+    data = tmp_path_factory.mktemp("oip-rest")
+    with client(
+        tiny_repo, data, max_upload_bytes=200_000, max_request_bytes=600_000, max_queue=6
+    ) as c:
+        yield c
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def json_infer(*files: bytes, outputs: list[str] | None = None, **extra) -> dict:
+    body: dict = {
+        "inputs": [
+            {
+                "name": "image",
+                "shape": [len(files)],
+                "datatype": "BYTES",
+                "data": list(map(b64, files)),
+            }
+        ],
+        **extra,
+    }
+    if outputs is not None:
+        body["outputs"] = [{"name": n} for n in outputs]
+    return body
+
+
+def binary_body(header: dict, *blobs: bytes) -> tuple[bytes, dict[str, str]]:
+    head = json.dumps(header).encode()
+    return head + b"".join(blobs), {"Inference-Header-Content-Length": str(len(head))}
+
+
+def length_prefixed(*elements: bytes) -> bytes:
+    return b"".join(len(e).to_bytes(4, "little") + e for e in elements)
+
+
+def parse_binary(r) -> tuple[dict, dict[str, np.ndarray]]:
+    """A response of the binary extension: its JSON and each output as an array."""
+    size = int(r.headers["inference-header-content-length"])
+    head = json.loads(r.content[:size])
+    arrays, pos = {}, size
+    for out in head["outputs"]:
+        dtype = {"FP32": "<f4", "BOOL": "|b1"}[out["datatype"]]
+        if "parameters" in out:
+            n = out["parameters"]["binary_data_size"]
+            arrays[out["name"]] = np.frombuffer(r.content[pos : pos + n], dtype).reshape(
+                out["shape"]
+            )
+            pos += n
+        else:
+            arrays[out["name"]] = np.asarray(out["data"], dtype).reshape(out["shape"])
+    assert pos == len(r.content)
+    return head, arrays
+
+
+def oip_error(r, status: int, code: str) -> str:
+    assert r.status_code == status, r.text
+    message = r.json()["error"]
+    assert message.startswith(f"{code}: "), message
+    return message
+
+
+def assert_like_api_v1(c, files: list[bytes], out: dict[str, np.ndarray]) -> None:
+    """Row i of each output equals /api/v1/predictions for file i (batched differently:
+    the contract's tolerance)."""
+    tol = contract.FUSED_TOLERANCE
+    for i, data in enumerate(files):
+        r = c.post(
+            "/api/v1/predictions",
+            content=data,
+            headers={"content-type": "application/octet-stream"},
+            params={"heatmap": "none"},
+        )
+        assert r.status_code == 200, r.text
+        ref = r.json()
+        findings = ref["findings"]
+        np.testing.assert_allclose(
+            out["probabilities"][i], [f["probability"] for f in findings], atol=tol
+        )
+        np.testing.assert_allclose(
+            out["cam_probabilities"][i], [f["cam_probability"] for f in findings], atol=tol
+        )
+        members = [[m["probabilities"][f["name"]] for f in findings] for m in ref["members"]]
+        np.testing.assert_allclose(out["member_probabilities"][i], members, atol=tol)
+        cam = np.asarray(ref["cam_maps"], np.float32)
+        np.testing.assert_allclose(out["cam_maps"][i], cam, atol=tol * max(1, np.abs(cam).max()))
+        assert out["present"][i].tolist() == [f["present"] for f in findings]
+
+
+def test_health_and_metadata(c) -> None:
+    assert c.get("/v2").json() == {
+        "name": "chexray",
+        "version": chexray.__version__,
+        "extensions": ["binary_tensor_data"],
+    }
+    assert c.get("/v2/health/live").json() == {"live": True}
+    assert c.get("/v2/health/ready").json() == {"ready": True}
+    models = c.get("/api/v1/models").json()
+    meta = c.get("/v2/models/chexray").json()
+    assert meta["versions"] == [models["version"]]
+    assert c.get(f"/v2/models/chexray/versions/{models['version']}").json() == meta
+    h, w = models["input_size"]
+    assert meta["inputs"] == [
+        {"name": "image", "datatype": "BYTES", "shape": [-1]},
+        {"name": "pixels", "datatype": "UINT8", "shape": [-1, h, w]},
+    ]
+    assert [o["name"] for o in meta["outputs"]] == [*contract.OUTPUTS, "present"]
+    assert c.get("/v2/models/chexray/ready").json() == {"name": "chexray", "ready": True}
+    v = models["version"]
+    assert c.get(f"/v2/models/chexray/versions/{v}/ready").status_code == 200
+    oip_error(c.get("/v2/models/resnet50"), 404, "unknown_model")
+    oip_error(c.get("/v2/models/resnet50/ready"), 404, "unknown_model")
+    oip_error(c.get("/v2/models/chexray/versions/7/ready"), 404, "unknown_model_version")
+
+
+def test_json_batch_answers_as_api_v1(c) -> None:
+    files = [xray(seed=1), xray(seed=2, size=(300, 260)), dicom_ramp()]
+    r = c.post(INFER, json=json_infer(*files, id="req-7"))
+    assert r.status_code == 200 and r.headers["content-type"].startswith("application/json")
+    body = r.json()
+    assert body["id"] == "req-7" and body["model_name"] == "chexray"
+    out = {o["name"]: np.asarray(o["data"]).reshape(o["shape"]) for o in body["outputs"]}
+    assert [o["datatype"] for o in body["outputs"]] == ["FP32"] * 4 + ["BOOL"]
+    assert_like_api_v1(c, files, out)
+
+
+def test_binary_extension_in_and_out(c) -> None:
+    files = [xray(seed=3), xray(seed=4)]
+    header = {
+        "inputs": [
+            {
+                "name": "image",
+                "shape": [2],
+                "datatype": "BYTES",
+                "parameters": {"binary_data_size": len(length_prefixed(*files))},
+            }
+        ],
+        "parameters": {"binary_data_output": True},
+    }
+    content, headers = binary_body(header, length_prefixed(*files))
+    r = c.post(INFER, content=content, headers=headers)
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "application/octet-stream"
+    head, out = parse_binary(r)
+    assert all("data" not in o for o in head["outputs"])
+    assert_like_api_v1(c, files, out)
+    # Per output: raw for one, JSON for the other, in the order asked.
+    header["outputs"] = [
+        {"name": "present", "parameters": {"binary_data": False}},
+        {"name": "probabilities"},
+    ]
+    content, headers = binary_body(header, length_prefixed(*files))
+    head, out2 = parse_binary(c.post(INFER, content=content, headers=headers))
+    assert [o["name"] for o in head["outputs"]] == ["present", "probabilities"]
+    assert "data" in head["outputs"][0] and "parameters" in head["outputs"][1]
+    np.testing.assert_array_equal(out2["probabilities"], out["probabilities"])
+    np.testing.assert_array_equal(out2["present"], out["present"])
+
+
+def test_pixels_as_json_and_binary(c) -> None:
+    h, w = c.get("/api/v1/models").json()["input_size"]
+    pixels = np.random.default_rng(0).integers(0, 256, (2, h, w), dtype=np.uint8)
+    as_json = {
+        "inputs": [
+            {"name": "pixels", "shape": [2, h, w], "datatype": "UINT8", "data": pixels.tolist()}
+        ],
+        "outputs": [{"name": "probabilities"}],
+    }
+    r = c.post(INFER, json=as_json)
+    assert r.status_code == 200, r.text
+    by_json = np.asarray(r.json()["outputs"][0]["data"], np.float32)
+    header = {
+        "inputs": [
+            {
+                "name": "pixels",
+                "shape": [2, h, w],
+                "datatype": "UINT8",
+                "parameters": {"binary_data_size": pixels.nbytes},
+            }
+        ],
+        "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}],
+    }
+    content, headers = binary_body(header, pixels.tobytes())
+    _, out = parse_binary(c.post(INFER, content=content, headers=headers))
+    np.testing.assert_allclose(out["probabilities"].ravel(), by_json, atol=contract.FUSED_TOLERANCE)
+
+
+def test_gzip_and_deflate_bodies(c) -> None:
+    plain = json.dumps(json_infer(xray(seed=5), outputs=["probabilities"])).encode()
+    want = c.post(INFER, content=plain).json()["outputs"]
+    for encoding, packed in (("gzip", gzip.compress(plain)), ("deflate", zlib.compress(plain))):
+        r = c.post(INFER, content=packed, headers={"Content-Encoding": encoding})
+        assert r.status_code == 200, r.text
+        assert r.json()["outputs"] == want
+    oip_error(
+        c.post(INFER, content=b"\x1f\x8b not gzip", headers={"Content-Encoding": "gzip"}),
+        400,
+        "invalid_content_encoding",
+    )
+    oip_error(
+        c.post(INFER, content=plain, headers={"Content-Encoding": "br"}),
+        415,
+        "unsupported_content_encoding",
+    )
+    # Inflated past the request limit (600 kB here): refused, not inflated into memory.
+    bomb = gzip.compress(b"\0" * 2_000_000)
+    oip_error(
+        c.post(INFER, content=bomb, headers={"Content-Encoding": "gzip"}),
+        413,
+        "payload_too_large",
+    )
+
+
+def one_input(name: str, shape: list[int], datatype: str, **fields) -> bytes:
+    return json.dumps(
+        {"inputs": [{"name": name, "shape": shape, "datatype": datatype, **fields}]}
+    ).encode()
+
+
+def sized(size: object, blob: bytes) -> tuple[bytes, dict[str, str]]:
+    params = {"binary_data_size": size}
+    return binary_body(json.loads(one_input("image", [1], "BYTES", parameters=params)), blob)
+
+
+AA = base64.b64encode(b"\0").decode()
+BAD_BODIES = [
+    (b"{not json", {}, 400, "invalid_request"),
+    (b'{"inputs": "image"}', {}, 400, "invalid_request"),
+    (json.dumps(json_infer(b"GIF89a")).encode(), {}, 400, "unsupported_format"),
+    (json.dumps(json_infer(xray()[:200])).encode(), {}, 400, "corrupt_image"),
+    (json.dumps(json_infer(b"")).encode(), {}, 400, "empty_image"),
+    (json.dumps(json_infer(png_header_only(30000, 30000))).encode(), {}, 413,
+     "image_too_many_pixels"),
+    (json.dumps(json_infer(b"\0" * 250_000)).encode(), {}, 413, "image_too_large"),
+    (json.dumps(json_infer(xray(), outputs=["heatmap"])).encode(), {}, 400, "unknown_output"),
+    (one_input("image", [1], "BYTES", data=["%%%"]), {}, 400, "invalid_base64"),
+    (one_input("image", [1], "BYTES"), {}, 400, "invalid_tensor_data"),
+    (one_input("image", [2], "BYTES", data=[AA]), {}, 400, "invalid_tensor_size"),
+    (one_input("image", [1], "FP32", data=[1.0]), {}, 400, "invalid_datatype"),
+    (one_input("pixels", [1, 2, 2], "UINT8", data=[1, 2, 3, 4]), {}, 400, "invalid_shape"),
+    (one_input("image", [7], "BYTES", data=[AA] * 7), {}, 413, "too_many_images"),
+    (b'{"inputs": []}xx', {"Inference-Header-Content-Length": "99"}, 400,
+     "invalid_header_length"),
+    (*sized(50, b"short"), 400, "invalid_binary_data"),
+    (*sized(True, b"x"), 400, "invalid_binary_data"),
+    (b'{"inputs": []}left over', {"Inference-Header-Content-Length": "14"}, 400,
+     "invalid_binary_data"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("content", "headers", "status", "code"), BAD_BODIES)
+def test_bad_requests_are_4xx_with_the_code(c, content, headers, status, code) -> None:
+    oip_error(c.post(INFER, content=content, headers=headers), status, code)
+
+
+def test_unknown_models_and_oversized_bodies(c) -> None:
+    body = json_infer(xray())
+    oip_error(c.post("/v2/models/densenet/infer", json=body), 404, "unknown_model")
+    oip_error(
+        c.post("/v2/models/chexray/versions/0/infer", json=body), 404, "unknown_model_version"
+    )
+    version = c.get("/v2/models/chexray").json()["versions"][0]
+    assert c.post(f"/v2/models/chexray/versions/{version}/infer", json=body).status_code == 200
+    message = oip_error(c.post(INFER, content=b"\0" * 700_000), 413, "payload_too_large")
+    assert "CHEXRAY_MAX_REQUEST_BYTES" in message
+    # A bad request leaves no place taken.
+    assert c.app.state.service.engines.in_flight == 0
+
+
+def test_refused_when_over_budget_with_retry_after(tiny_repo: Path, tmp_path: Path) -> None:
+    with client(tiny_repo, tmp_path, max_queue_wait_ms=0) as c:
+        service = c.app.state.service
+        with service.predictions.admit():  # one analysis in progress: any wait is too long
+            r = c.post(INFER, json=json_infer(xray()))
+        message = oip_error(r, 503, "overloaded")
+        assert "budget" in message and int(r.headers["retry-after"]) >= 1
+        assert c.post(INFER, json=json_infer(xray())).status_code == 200
+
+
+def test_grpc_errors_carry_the_status_and_the_code(tiny_repo: Path, tmp_path: Path) -> None:
+    tritonclient_grpc = pytest.importorskip("tritonclient.grpc")
+    import grpc
+    from tritonclient.utils import InferenceServerException
+
+    port = free_port()
+    with client(tiny_repo, tmp_path, grpc_port=port, max_queue_wait_ms=0) as c:
+        triton = tritonclient_grpc.InferenceServerClient(f"127.0.0.1:{port}")
+        assert triton.is_server_live() and triton.is_server_ready()
+
+        def infer(*files: bytes, model: str = "chexray", version: str = ""):
+            t = tritonclient_grpc.InferInput("image", [len(files)], "BYTES")
+            t.set_data_from_numpy(np.array(list(files), dtype=object))
+            return triton.infer(model, [t], model_version=version)
+
+        def refused(code: grpc.StatusCode, stable: str, *args, **kw) -> None:
+            with pytest.raises(InferenceServerException) as info:
+                infer(*args, **kw)
+            assert info.value.status() == str(code), info.value
+            assert info.value.message().startswith(f"{stable}: "), info.value.message()
+
+        refused(grpc.StatusCode.NOT_FOUND, "unknown_model", xray(), model="densenet")
+        refused(grpc.StatusCode.NOT_FOUND, "unknown_model_version", xray(), version="0")
+        refused(grpc.StatusCode.INVALID_ARGUMENT, "unsupported_format", b"GIF89a")
+        refused(grpc.StatusCode.INVALID_ARGUMENT, "image_too_large", b"\0" * 40_000_000)
+        with pytest.raises(InferenceServerException) as info:
+            triton.get_model_metadata("densenet")
+        assert info.value.status() == str(grpc.StatusCode.NOT_FOUND)
+        with c.app.state.service.predictions.admit():
+            refused(grpc.StatusCode.UNAVAILABLE, "overloaded", xray())
+            assert triton.is_server_ready()
+        assert infer(xray()).as_numpy("probabilities").shape == (1, 5)
+        # Over CHEXRAY_MAX_REQUEST_BYTES (64 MiB by default): gRPC itself refuses it.
+        with pytest.raises(InferenceServerException) as info:
+            infer(b"\0" * 70_000_000)
+        assert info.value.status() == str(grpc.StatusCode.RESOURCE_EXHAUSTED)
+        assert c.app.state.service.engines.in_flight == 0
+        c.app.state.service.engines.drain()
+        assert not triton.is_server_ready() and not triton.is_model_ready("chexray")
+        triton.close()
