@@ -16,8 +16,10 @@ import pytest
 
 import chexray
 from server.runtime import contract
+from tests.support import oip
 from tests.support.api import client, xray
 from tests.support.images import dicom_ramp, png_header_only
+from tests.support.oip import OUTPUTS
 from tests.support.server_process import free_port
 
 INFER = "/v2/models/chexray/infer"
@@ -89,10 +91,8 @@ def oip_error(r, status: int, code: str) -> str:
 
 
 def assert_like_api_v1(c, files: list[bytes], out: dict[str, np.ndarray]) -> None:
-    """Row i of each output equals /api/v1/predictions for file i (batched differently:
-    the contract's tolerance)."""
-    tol = contract.FUSED_TOLERANCE
-    for i, data in enumerate(files):
+    refs = []
+    for data in files:
         r = c.post(
             "/api/v1/predictions",
             content=data,
@@ -100,19 +100,9 @@ def assert_like_api_v1(c, files: list[bytes], out: dict[str, np.ndarray]) -> Non
             params={"heatmap": "none"},
         )
         assert r.status_code == 200, r.text
-        ref = r.json()
-        findings = ref["findings"]
-        np.testing.assert_allclose(
-            out["probabilities"][i], [f["probability"] for f in findings], atol=tol
-        )
-        np.testing.assert_allclose(
-            out["cam_probabilities"][i], [f["cam_probability"] for f in findings], atol=tol
-        )
-        members = [[m["probabilities"][f["name"]] for f in findings] for m in ref["members"]]
-        np.testing.assert_allclose(out["member_probabilities"][i], members, atol=tol)
-        cam = np.asarray(ref["cam_maps"], np.float32)
-        np.testing.assert_allclose(out["cam_maps"][i], cam, atol=tol * max(1, np.abs(cam).max()))
-        assert out["present"][i].tolist() == [f["present"] for f in findings]
+        refs.append(r.json())
+    assert set(out) == set(OUTPUTS)
+    oip.assert_like_api_v1(out, refs)
 
 
 def test_health_and_metadata(c) -> None:
@@ -132,7 +122,7 @@ def test_health_and_metadata(c) -> None:
         {"name": "image", "datatype": "BYTES", "shape": [-1]},
         {"name": "pixels", "datatype": "UINT8", "shape": [-1, h, w]},
     ]
-    assert [o["name"] for o in meta["outputs"]] == [*contract.OUTPUTS, "present"]
+    assert [o["name"] for o in meta["outputs"]] == OUTPUTS
     assert c.get("/v2/models/chexray/ready").json() == {"name": "chexray", "ready": True}
     v = models["version"]
     assert c.get(f"/v2/models/chexray/versions/{v}/ready").status_code == 200
