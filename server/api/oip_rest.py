@@ -288,7 +288,8 @@ def _base64(name: str, data: object) -> list[bytes]:
                 "invalid_tensor_data", f"input {name!r}: BYTES elements in JSON are base64 strings"
             )
         try:
-            out.append(base64.b64decode(value, validate=True))
+            # Line breaks (base64 without -w0) are no error; any other stray character is.
+            out.append(base64.b64decode("".join(value.split()), validate=True))
         except (binascii.Error, ValueError):
             raise InvalidInput(
                 "invalid_base64",

@@ -124,6 +124,8 @@ def test_health_and_metadata(c) -> None:
     ]
     assert [o["name"] for o in meta["outputs"]] == OUTPUTS
     assert c.get("/v2/models/chexray/ready").json() == {"name": "chexray", "ready": True}
+    documented = c.get("/schema/openapi.json").json()["paths"]
+    assert {"/v2", "/v2/models/{model_name}/infer", "/v2/health/ready"} <= set(documented)
     v = models["version"]
     assert c.get(f"/v2/models/chexray/versions/{v}/ready").status_code == 200
     oip_error(c.get("/v2/models/resnet50"), 404, "unknown_model")
@@ -133,7 +135,11 @@ def test_health_and_metadata(c) -> None:
 
 def test_json_batch_answers_as_api_v1(c) -> None:
     files = [xray(seed=1), xray(seed=2, size=(300, 260)), dicom_ramp()]
-    r = c.post(INFER, json=json_infer(*files, id="req-7"))
+    body = json_infer(*files, id="req-7")
+    # base64 as `base64` writes it without -w0: broken into lines.
+    data = body["inputs"][0]["data"]
+    data[0] = "\n".join(data[0][i : i + 76] for i in range(0, len(data[0]), 76))
+    r = c.post(INFER, json=body)
     assert r.status_code == 200 and r.headers["content-type"].startswith("application/json")
     body = r.json()
     assert body["id"] == "req-7" and body["model_name"] == "chexray"
@@ -335,3 +341,52 @@ def test_grpc_errors_carry_the_status_and_the_code(tiny_repo: Path, tmp_path: Pa
         c.app.state.service.engines.drain()
         assert not triton.is_server_ready() and not triton.is_model_ready("chexray")
         triton.close()
+
+
+def test_grpc_typed_contents_and_the_retry_after_trailer(tiny_repo: Path, tmp_path: Path):
+    """Through the generated stub itself: inputs as typed contents instead of raw bytes,
+    and the seconds to wait in the `retry-after` trailer of a refusal."""
+    import grpc
+
+    from server.api.oip_proto import grpc_predict_v2_pb2 as pb
+    from server.api.oip_proto import grpc_predict_v2_pb2_grpc as pb_grpc
+
+    port = free_port()
+    with (
+        client(tiny_repo, tmp_path, grpc_port=port, max_queue=2) as c,
+        grpc.insecure_channel(f"127.0.0.1:{port}") as channel,
+    ):
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        h, w = c.get("/api/v1/models").json()["input_size"]
+        pixels = np.random.default_rng(1).integers(0, 256, (1, h, w), dtype=np.uint8)
+        typed = pb.ModelInferRequest(model_name="chexray", id="typed")
+        t = typed.inputs.add(name="pixels", datatype="UINT8", shape=[1, h, w])
+        t.contents.uint_contents.extend(pixels.ravel().tolist())
+        typed.outputs.add(name="probabilities")
+        raw = pb.ModelInferRequest(model_name="chexray", raw_input_contents=[pixels.tobytes()])
+        raw.inputs.add(name="pixels", datatype="UINT8", shape=[1, h, w])
+        a, b = stub.ModelInfer(typed), stub.ModelInfer(raw)
+        assert a.id == "typed" and [o.name for o in a.outputs] == ["probabilities"]
+        assert [o.name for o in b.outputs] == OUTPUTS
+        assert a.raw_output_contents[0] == b.raw_output_contents[0]
+        files = pb.ModelInferRequest(model_name="chexray")
+        f = files.inputs.add(name="image", datatype="BYTES", shape=[2])
+        f.contents.bytes_contents.extend([xray(seed=1), xray(seed=2)])
+        answer = stub.ModelInfer(files)
+        assert list(answer.outputs[0].shape) == [2, 5]
+        mixed = pb.ModelInferRequest(model_name="chexray", raw_input_contents=[b"x", b"y"])
+        mixed.inputs.add(name="image", datatype="BYTES", shape=[1])
+        with pytest.raises(grpc.RpcError) as info:
+            stub.ModelInfer(mixed)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert info.value.details().startswith("invalid_raw_contents: ")
+        predictions = c.app.state.service.predictions
+        # Two analyses in progress, the most this server takes: no room for more.
+        with predictions.admit(), predictions.admit(), pytest.raises(grpc.RpcError) as info:
+            stub.ModelInfer(files)
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert info.value.details().startswith("overloaded: 2 analyses are in progress")
+        trailer = dict(info.value.trailing_metadata())
+        assert int(trailer["retry-after"]) >= 1
+        assert stub.ModelReady(pb.ModelReadyRequest(name="chexray")).ready
+        assert stub.ServerLive(pb.ServerLiveRequest()).live
