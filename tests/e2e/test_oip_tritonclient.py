@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -19,6 +22,7 @@ import httpx
 import numpy as np
 import pytest
 
+from tests.support import ROOT
 from tests.support.api import post_image
 from tests.support.images import anatomy, dicom, jpeg, png
 from tests.support.oip import OUTPUTS, assert_like_api_v1
@@ -370,3 +374,38 @@ def test_admission_is_shared_by_every_protocol(tiny_repo: Path, tmp_path: Path) 
         finally:
             http.close()
             rpc.close()
+
+
+def test_a_taken_grpc_port_stops_the_server_in_one_line(tiny_repo: Path, tmp_path: Path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("CHEXRAY_")},
+            "CHEXRAY_MODEL_DIR": str(tiny_repo),
+            "CHEXRAY_DATA_DIR": str(tmp_path / "data"),
+            "CHEXRAY_PORT": str(free_port()),
+            "CHEXRAY_GRPC_PORT": str(taken.getsockname()[1]),
+        }
+        result = subprocess.run(
+            [sys.executable, "-m", "chexray.cli", "serve", "--no-build"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert result.returncode == 2
+    assert "cannot listen for gRPC on 127.0.0.1:" in result.stdout
+    assert "CHEXRAY_GRPC_PORT" in result.stdout and "Traceback" not in result.stderr
+
+
+def test_grpc_port_0_serves_rest_alone(tiny_repo: Path, tmp_path: Path) -> None:
+    with running_server(tiny_repo, tmp_path, CHEXRAY_GRPC_PORT="0") as (base, proc):
+        client = httpclient.InferenceServerClient(urlsplit(base).netloc)
+        try:
+            result = client.infer(MODEL, [images(httpclient, FILES[:1])])
+            assert result.as_numpy("probabilities").shape == (1, 5)
+        finally:
+            client.close()
+        assert proc.poll() is None
