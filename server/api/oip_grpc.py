@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import functools
 import logging
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 
+from server import tracing
 from server.api import oip
+from server.api.middleware import SAFE_ID
 from server.api.oip_proto import grpc_predict_v2_pb2 as pb
 from server.api.oip_proto import grpc_predict_v2_pb2_grpc as pb_grpc
 from server.errors import (
@@ -37,6 +40,8 @@ from server.service.inference import Inference, InferRequest, Tensor, TensorMeta
 from server.settings import Settings
 
 log = logging.getLogger("chexray.api")
+
+SERVICE = "inference.GRPCInferenceService"
 
 # The one table from the service's kinds of error to gRPC statuses (HTTP's is in errors.py).
 STATUS_OF_KIND: dict[type[ChexrayError], grpc.StatusCode] = {
@@ -78,24 +83,35 @@ Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Any]]
 
 
 def _rpc(method: Handler) -> Handler:
-    """Coded errors become the protocol's status and message; anything else is a bug,
-    logged, and INTERNAL."""
+    """Each call gets a request id (the caller's `x-request-id` if sane, sent back in the
+    trailers) and, when tracing is on, its span; coded errors become the protocol's status
+    and message; anything else is a bug, logged with the request id, and INTERNAL."""
+    name = method.__name__
 
     @functools.wraps(method)
     async def handler(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        try:
-            return await method(self, request, context)
-        except ChexrayError as exc:
-            status, message = grpc_status(exc), oip.error_text(exc)
-            if exc.retry_after is not None:
-                context.set_trailing_metadata(
-                    (("retry-after", str(max(1, round(exc.retry_after)))),)
-                )
-            if status is grpc.StatusCode.INTERNAL:
-                log.error("gRPC %s: uncoded error kind: %s", method.__name__, message)
-        except Exception:
-            log.exception("unexpected error in gRPC %s", method.__name__)
-            status, message = grpc.StatusCode.INTERNAL, "internal_error: unexpected server error"
+        metadata = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+        given = metadata.get("x-request-id", "")
+        rid = given if SAFE_ID.match(given) else uuid.uuid4().hex
+        trailers = [("x-request-id", rid)]
+        attributes = {"rpc.system": "grpc", "rpc.service": SERVICE, "rpc.method": name}
+        with tracing.request_span(f"{SERVICE}/{name}", metadata, rid, **attributes) as span:
+            try:
+                answer = await method(self, request, context)
+                context.set_trailing_metadata(trailers)
+                return answer
+            except ChexrayError as exc:
+                status, message = grpc_status(exc), oip.error_text(exc)
+                if exc.retry_after is not None:
+                    trailers.append(("retry-after", str(max(1, round(exc.retry_after)))))
+                if status is grpc.StatusCode.INTERNAL:
+                    log.error("gRPC %s (request %s): uncoded error: %s", name, rid, message)
+            except Exception:
+                log.exception("unexpected error in gRPC %s (request %s)", name, rid)
+                status = grpc.StatusCode.INTERNAL
+                message = f"internal_error: unexpected server error; quote request id {rid}"
+            tracing.set_attributes(span, **{"rpc.grpc.status_code": status.value[0]})
+        context.set_trailing_metadata(trailers)
         await context.abort(status, message)
 
     return handler

@@ -390,3 +390,57 @@ def test_grpc_typed_contents_and_the_retry_after_trailer(tiny_repo: Path, tmp_pa
         assert int(trailer["retry-after"]) >= 1
         assert stub.ModelReady(pb.ModelReadyRequest(name="chexray")).ready
         assert stub.ServerLive(pb.ServerLiveRequest()).live
+
+
+def test_both_front_ends_are_traced_under_the_callers_parent(tiny_repo: Path, tmp_path: Path):
+    pytest.importorskip("opentelemetry.sdk")
+    import grpc
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.trace import SpanKind
+
+    from server import tracing
+    from server.api.oip_proto import grpc_predict_v2_pb2 as pb
+    from server.api.oip_proto import grpc_predict_v2_pb2_grpc as pb_grpc
+
+    trace_id, parent = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    traceparent = f"00-{trace_id}-{parent}-01"
+    exporter, provider = InMemorySpanExporter(), TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    port = free_port()
+    try:
+        with (
+            client(tiny_repo, tmp_path, grpc_port=port) as c,
+            grpc.insecure_channel(f"127.0.0.1:{port}") as channel,
+        ):
+            tracing.configure(True, provider)
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            msg = pb.ModelInferRequest(
+                model_name="chexray", raw_input_contents=[length_prefixed(xray())]
+            )
+            msg.inputs.add(name="image", datatype="BYTES", shape=[1])
+            _, call = stub.ModelInfer.with_call(
+                msg, metadata=[("traceparent", traceparent), ("x-request-id", "rpc-7")]
+            )
+            assert dict(call.trailing_metadata())["x-request-id"] == "rpc-7"
+            with pytest.raises(grpc.RpcError) as info:
+                stub.ModelMetadata(pb.ModelMetadataRequest(name="densenet"))
+            rid = dict(info.value.trailing_metadata())["x-request-id"]
+            r = c.post(INFER, json=json_infer(xray()), headers={"traceparent": traceparent})
+            assert r.status_code == 200
+    finally:
+        tracing.configure(False)
+    spans = exporter.get_finished_spans()
+    roots = {s.name: s for s in spans if s.kind == SpanKind.SERVER}
+    rpc = roots["inference.GRPCInferenceService/ModelInfer"]
+    rest = roots["POST /v2/models/{model_name}/infer"]
+    failed = roots["inference.GRPCInferenceService/ModelMetadata"]
+    assert rpc.attributes["chexray.request_id"] == "rpc-7"
+    assert failed.attributes["chexray.request_id"] == rid
+    assert failed.attributes["rpc.grpc.status_code"] == grpc.StatusCode.NOT_FOUND.value[0]
+    for root in (rpc, rest):
+        assert format(root.context.trace_id, "032x") == trace_id
+        assert format(root.parent.span_id, "016x") == parent
+        children = {s.name for s in spans if s.parent and s.parent.span_id == root.context.span_id}
+        assert {"decode", "preprocess", "queue_wait", "compute"} <= children, root.name
