@@ -106,7 +106,7 @@ def _bytes_tensor(name: str, shape: tuple[int, ...], elements: list[bytes]) -> T
     return Tensor(name, BYTES, data.reshape(shape))
 
 
-def from_raw(name: str, datatype: str, shape: Sequence[object], raw: bytes) -> Tensor:
+def from_raw(name: str, datatype: str, shape: Sequence[object], raw: bytes | memoryview) -> Tensor:
     """A tensor from its raw contents."""
     dims = checked_shape(name, shape)
     _known(name, datatype)

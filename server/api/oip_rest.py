@@ -215,7 +215,7 @@ def _parse(
     """The request, and for each output asked for whether it goes back raw (the key ""
     holds the default for outputs not named)."""
     if header_length is None:
-        head, binary = body, b""
+        head, binary = body, memoryview(b"")
     else:
         try:
             size = int(header_length)
@@ -248,7 +248,7 @@ def _parse(
                     f"input {item.name!r}: binary_data_size {size} goes past the body's end "
                     f"({len(binary) - offset} bytes left)",
                 )
-            raw = bytes(binary[offset : offset + size])
+            raw = binary[offset : offset + size]  # a view: the body is not copied again
             offset += size
             inputs.append(oip.from_raw(item.name, item.datatype, item.shape, raw))
         elif item.data is None:
