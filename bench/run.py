@@ -179,6 +179,7 @@ def run_server(
         "CHEXRAY_MODEL_DIR": str(repo),
         "CHEXRAY_DATA_DIR": str(data),
         "CHEXRAY_PORT": str(port),
+        "CHEXRAY_GRPC_PORT": "0",  # REST only here (bench/oip.py measures the protocol)
         "CHEXRAY_LOG_LEVEL": "warning",
         **env_extra,
     }

@@ -400,6 +400,7 @@ def main() -> int:
         "CHEXRAY_MODEL_DIR": str(args.repo),
         "CHEXRAY_DATA_DIR": str(data),
         "CHEXRAY_PORT": str(port),
+        "CHEXRAY_GRPC_PORT": "0",  # REST only here (bench/oip.py measures the protocol)
         "CHEXRAY_LOG_LEVEL": "warning",
         "CHEXRAY_AUTH_RATE_LIMIT": "1000/60",
         **dict(s.split("=", 1) for s in args.set),

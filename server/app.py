@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry
 
 from chexray import __version__
 from server import tracing
-from server.api import accounts, legacy, operations, predictions, studies, web
+from server.api import accounts, legacy, oip_grpc, oip_rest, operations, predictions, studies, web
 from server.api.deps import DEPENDENCIES
 from server.api.errors import EXCEPTION_HANDLERS
 from server.api.middleware import HttpMetrics, TrustedProxies, request_context, security_headers
@@ -32,9 +32,12 @@ from server.settings import Settings
 
 log = logging.getLogger("chexray")
 
+GRPC_GRACE_S = 5.0
+
 # The routes that take an X-ray: bodies up to the upload limit plus room for the multipart
-# envelope. Every other route takes at most MAX_JSON_BODY bytes (a log-in, a profile), so a
-# body meant to fill memory is refused with 413 before it is read.
+# envelope. The Open Inference Protocol's routes (oip_rest.router) take up to
+# CHEXRAY_MAX_REQUEST_BYTES. Every other route takes at most MAX_JSON_BODY bytes (a log-in, a
+# profile), so a body meant to fill memory is refused with 413 before it is read.
 UPLOAD_ROUTES = [
     predictions.create_prediction,
     legacy.legacy_upload,
@@ -110,9 +113,17 @@ def create_app(settings: Settings | None = None, manifest: Manifest | None = Non
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         await service.start()
+        grpc_server = None
         try:
+            # The Open Inference Protocol's gRPC service, in this process and event loop.
+            if settings.grpc_port:
+                grpc_server = await oip_grpc.start(service, settings)
             yield
         finally:
+            if grpc_server is not None:
+                # Admitted work has drained by now (server/http_server.py); a few seconds
+                # for answers still being sent.
+                await grpc_server.stop(GRPC_GRACE_S)
             await service.stop()
 
     uploads = Router(
@@ -122,7 +133,12 @@ def create_app(settings: Settings | None = None, manifest: Manifest | None = Non
     )
     trusted = TrustedProxies(settings.trusted_proxies)
     app = Litestar(
-        route_handlers=[*options_handlers([*UPLOAD_ROUTES, *ROUTES]), uploads, *ROUTES],
+        route_handlers=[
+            *options_handlers([*UPLOAD_ROUTES, *ROUTES]),
+            uploads,
+            *ROUTES,
+            oip_rest.router(settings),
+        ],
         dependencies=DEPENDENCIES,
         exception_handlers=EXCEPTION_HANDLERS,
         before_send=[security_headers],

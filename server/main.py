@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 import subprocess
 import sys
 
@@ -51,6 +52,11 @@ def serve(overrides: dict[str, object], preset: str = "default", build: bool = T
         print(f"chexray serve: {refusal(check)}")
         return 2
 
+    problem = _grpc_port_problem(settings)
+    if problem is not None:
+        print(f"chexray serve: {problem}")
+        return 2
+
     import uvicorn
 
     from server.app import create_app
@@ -74,3 +80,22 @@ def serve(overrides: dict[str, object], preset: str = "default", build: bool = T
     )
     DrainingServer(config, app.state.service, settings.drain_timeout_s).run()
     return 0
+
+
+def _grpc_port_problem(settings: Settings) -> str | None:
+    """Why the gRPC port cannot be had, checked before start-up so that a taken port is one
+    line, not a failed start-up's traceback (the server binds it again at start)."""
+    if not settings.grpc_port:
+        return None
+    host = settings.host or "0.0.0.0"
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, settings.grpc_port))
+        except OSError as exc:
+            return (
+                f"cannot listen for gRPC on {host}:{settings.grpc_port} (CHEXRAY_GRPC_PORT; "
+                f"0 turns gRPC off): {exc.strerror or exc}"
+            )
+    return None

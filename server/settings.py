@@ -143,6 +143,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # (server/tracing.py); needs the `tracing` extra.
     tracing: bool = False
 
+    # The Open Inference Protocol (KServe v2 / Triton) under /v2 on the HTTP port, and its
+    # gRPC service on grpc_port (Triton's 8001; 0: no gRPC server). One inference request,
+    # REST body or gRPC message, holds at most max_request_bytes, each image at most
+    # max_upload_bytes.
+    grpc_port: int = 8001
+    max_request_bytes: int = 64 * 1024 * 1024
+
     # Heatmaps.
     heatmap_alpha: float = 0.45
     decode_threads: int = 2  # decoding and rendering, off the event loop
@@ -156,6 +163,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "instances",
             "decode_threads",
             "max_connections",
+            "max_request_bytes",
         )
         for name in positive:
             if getattr(self, name) < 1:
@@ -163,6 +171,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         for name in ("max_wait_ms", "max_queue_wait_ms", "drain_timeout_s"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{PREFIX}{name.upper()} must be >= 0", name)
+        if not 0 <= self.grpc_port <= 65535:
+            raise SettingsError(f"{PREFIX}GRPC_PORT must be 0 (off) to 65535", "grpc_port")
+        if self.grpc_port == self.port:
+            raise SettingsError(
+                f"{PREFIX}GRPC_PORT must differ from {PREFIX}PORT ({self.port})", "grpc_port"
+            )
         if self.inference_timeout_s <= 0:
             raise SettingsError(
                 f"{PREFIX}INFERENCE_TIMEOUT_S must be above 0", "inference_timeout_s"

@@ -62,18 +62,26 @@ class Admission:
             self._on_refused(code)
         return Overloaded(reason, retry_after, code)
 
-    def check(self) -> None:
-        """Raise Overloaded unless one more analysis may start now."""
+    def check(self, count: int = 1) -> None:
+        """Raise Overloaded unless `count` more analyses may start now. Their wait is the
+        last one's: with `count - 1` of them queued ahead of it."""
         if self.draining:
             raise self._refuse(
                 "the server is shutting down and takes no new work", 5, "shutting_down"
             )
-        if self.in_flight >= self.max_in_flight:
+        ahead = self.in_flight + count - 1
+        if ahead >= self.max_in_flight:
+            reason = f"{self.in_flight} analyses are in progress, the most this server takes"
+            if count > 1:
+                reason = (
+                    f"{self.in_flight} analyses are in progress and this request adds {count}: "
+                    f"over the {self.max_in_flight} this server takes at once"
+                )
             raise self._refuse(
-                f"{self.in_flight} analyses are in progress, the most this server takes",
-                self.expected_wait() - self.budget_s + self._batch_seconds(self.capacity),
+                reason,
+                self.expected_wait(ahead) - self.budget_s + self._batch_seconds(self.capacity),
             )
-        wait = self.expected_wait()
+        wait = self.expected_wait(ahead)
         if wait > self.budget_s:
             raise self._refuse(
                 f"the expected wait ({wait:.1f} s) is over this server's budget "
@@ -82,11 +90,14 @@ class Admission:
             )
 
     @contextmanager
-    def admit(self) -> Iterator[None]:
-        """Hold a place for one analysis (check, then count it) until the block ends."""
-        self.check()
-        self.in_flight += 1
+    def admit(self, count: int = 1) -> Iterator[None]:
+        """Hold places for `count` analyses (check, then count them) until the block ends;
+        a request of several images is admitted whole or not at all."""
+        if count < 1:
+            raise ValueError(f"admit() needs a count of at least 1, not {count}")
+        self.check(count)
+        self.in_flight += count
         try:
             yield
         finally:
-            self.in_flight -= 1
+            self.in_flight -= count

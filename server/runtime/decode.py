@@ -24,7 +24,8 @@ from server.errors import (
     UnsupportedInput,
 )
 
-Format = Literal["png", "jpeg", "dicom"]
+# "pixels": an image given already at model resolution (Engine.predict_pixels), never decoded.
+Format = Literal["png", "jpeg", "dicom", "pixels"]
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 JPEG_MAGIC = b"\xff\xd8\xff"

@@ -20,7 +20,7 @@ import numpy as np
 from prometheus_client import CollectorRegistry, Gauge
 
 from server import tracing
-from server.errors import ChexrayError
+from server.errors import ChexrayError, InvalidInput
 from server.runtime import contract
 from server.runtime.admission import Admission
 from server.runtime.backends import choose, open_backend
@@ -194,12 +194,42 @@ class Engine:
             self.metrics.errors.labels(kind=exc.code).inc()
             raise
         self.metrics.preprocess.observe(decode_s + resize_s)
+        return await self._submit(image, model_input, decode_s, resize_s, started)
+
+    async def predict_pixels(self, pixels: np.ndarray) -> Prediction:
+        """An image already preprocessed by the caller (uint8 [H, W] at the model's input
+        size) -> Prediction, through the same batcher as `predict`: no decode, no resize.
+        InvalidInput when it is not that."""
+        self.metrics.requests.inc()
+        h, w = self.input_size
+        if pixels.dtype != np.uint8 or pixels.shape != (h, w):
+            self.metrics.errors.labels(kind="invalid_pixels").inc()
+            raise InvalidInput(
+                "invalid_pixels",
+                f"pixels must be uint8 [{h}, {w}] (the model's input size), "
+                f"not {pixels.dtype} {list(pixels.shape)}",
+            )
+        model_input = np.ascontiguousarray(pixels)
+        image = DecodedImage(model_input, "pixels", w, h, 8, ["given at model resolution"])
+        return await self._submit(image, model_input, 0.0, 0.0, None)
+
+    async def _submit(
+        self,
+        image: DecodedImage,
+        model_input: np.ndarray,
+        decode_s: float,
+        resize_s: float,
+        started: int | None,
+    ) -> Prediction:
+        """One preprocessed image through the dynamic batcher -> Prediction. `started`: when
+        its decode began (ns, for the trace), None when it was not decoded here."""
         submitted = tracing.now_ns()
         result = await self.batcher.submit(model_input)
         if tracing.enabled():
-            decoded = started + int(decode_s * 1e9)
-            tracing.record("decode", started, decoded, **{"image.format": image.format})
-            tracing.record("preprocess", decoded, decoded + int(resize_s * 1e9))
+            if started is not None:
+                decoded = started + int(decode_s * 1e9)
+                tracing.record("decode", started, decoded, **{"image.format": image.format})
+                tracing.record("preprocess", decoded, decoded + int(resize_s * 1e9))
             batch_start = submitted + int(result.queue_s * 1e9)
             tracing.record("queue_wait", submitted, batch_start)
             tracing.record(

@@ -1,7 +1,8 @@
-"""The prediction service, below every protocol: front ends (REST today; the Open Inference
-Protocol and DICOMweb next) translate their requests into these calls and the answers back.
+"""The prediction service, below every protocol: front ends (REST and the Open Inference
+Protocol today; DICOMweb next) translate their requests into these calls and the answers back.
 
     Service.predictions  analyse bytes -> Analysis; stored studies, images, heatmaps
+    Service.inference    named tensors -> the engine -> named arrays (Open Inference Protocol)
     Service.accounts     register, sign in, tokens -> Principal, profile, password
     Service.engines      the engine's state: loading, ready, failed (for readiness)
 """
@@ -21,6 +22,7 @@ from server.runtime.findings import FINDINGS, finding_for, present, slug
 from server.runtime.manifest import Calibration, Manifest, PrecisionCheck
 from server.runtime.state import EngineState
 from server.service.accounts import Accounts, Principal
+from server.service.inference import Inference
 from server.service.predictions import AnalyseOptions, Analysis, Predictions, heatmap_file
 from server.service.results import ImageMeta, Result
 from server.settings import Settings
@@ -63,6 +65,7 @@ class Service:
         )
         self.predictions = Predictions(self.engines, self.store, self.renderer)
         self.accounts = Accounts(self.store, settings.token_lifetime_hours)
+        self.inference = Inference(self.engines, self.readiness, settings.max_queue)
         self._manifest = manifest
         self._boot: asyncio.Task | None = None
 

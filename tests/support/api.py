@@ -23,6 +23,8 @@ def client(repo: Path, data_dir: Path, database_url: str = "", **settings) -> It
     # The fp32 reference, whose answers the API tests compare exactly; the other backends
     # and precisions have tests of their own (tests/integration/test_backends.py).
     settings.setdefault("backend", "onnxruntime")
+    # No gRPC server unless a test asks for one on a free port.
+    settings.setdefault("grpc_port", 0)
     app = create_app(
         Settings(
             model_dir=repo,

@@ -34,6 +34,8 @@ def running_server(repo: Path, root: Path, **env: str) -> Iterator[tuple[str, su
         "CHEXRAY_MODEL_DIR": str(root / "models"),
         "CHEXRAY_DATA_DIR": str(root / "data"),
         "CHEXRAY_PORT": str(port),
+        # Never Triton's 8001 (another test's server may hold it); off with "0".
+        "CHEXRAY_GRPC_PORT": str(free_port()),
         "CHEXRAY_AUTH_RATE_LIMIT": "1000/60",
         "CHEXRAY_LOG_LEVEL": "warning",
         **env,

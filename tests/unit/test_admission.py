@@ -89,3 +89,47 @@ def test_draining_refuses_new_work_and_lets_admitted_work_finish() -> None:
     assert a.in_flight == 0
     assert info.value.code == "shutting_down" and info.value.retry_after >= 1
     assert refused == ["shutting_down"]
+
+
+def test_several_analyses_are_admitted_whole_or_refused_whole() -> None:
+    # Budget 1 s: the last of the request's images may have at most 12 ahead of it.
+    a = admission(budget_s=1.0)
+    with a.admit(13):
+        assert a.in_flight == 13
+        with pytest.raises(Overloaded, match="budget"):
+            a.check()
+    assert a.in_flight == 0
+    a.in_flight = 10
+    # 10 + 3: the third image would have 12 ahead, it fits; 10 + 4 would not.
+    with a.admit(3):
+        assert a.in_flight == 13
+    with pytest.raises(Overloaded) as info, a.admit(4):
+        pass
+    assert a.in_flight == 10, "a refused request holds no place"
+    assert info.value.code == "overloaded" and info.value.retry_after >= 1
+
+
+def test_a_count_of_one_is_the_single_analysis_rule() -> None:
+    one, counted = admission(budget_s=1.0), admission(budget_s=1.0)
+    for ahead in range(20):
+        one.in_flight = counted.in_flight = ahead
+        outcomes = []
+        for check in (one.check, lambda: counted.check(1)):
+            try:
+                check()
+                outcomes.append(None)
+            except Overloaded as exc:
+                outcomes.append((exc.message, exc.retry_after))
+        assert outcomes[0] == outcomes[1], ahead
+
+
+def test_a_request_over_the_in_flight_cap_is_refused_and_says_so() -> None:
+    a = Admission(budget_s=10, max_in_flight=8, batch_capacity=4, batch_seconds=lambda n: 0.001)
+    a.in_flight = 5
+    with a.admit(3):
+        assert a.in_flight == 8
+    with pytest.raises(Overloaded, match="this request adds 4: over the 8"), a.admit(4):
+        pass
+    with pytest.raises(ValueError, match="at least 1"), a.admit(0):
+        pass
+    assert a.in_flight == 5

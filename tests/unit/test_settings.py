@@ -43,3 +43,15 @@ def test_trusted_proxies_and_the_account_rate_limit() -> None:
     for bad in ("20", "0/60", "20/0", "many/60", "inf/60"):
         with pytest.raises(SettingsError, match="CHEXRAY_AUTH_ACCOUNT_RATE_LIMIT must look like"):
             Settings.from_env({"CHEXRAY_AUTH_ACCOUNT_RATE_LIMIT": bad})
+
+
+def test_grpc_port_and_request_size() -> None:
+    s = Settings.from_env({})
+    assert (s.grpc_port, s.max_request_bytes) == (8001, 64 * 1024 * 1024)
+    assert Settings.from_env({"CHEXRAY_GRPC_PORT": "0"}).grpc_port == 0  # no gRPC server
+    with pytest.raises(SettingsError, match=r"CHEXRAY_GRPC_PORT must be 0 \(off\) to 65535"):
+        Settings.from_env({"CHEXRAY_GRPC_PORT": "70000"})
+    with pytest.raises(SettingsError, match="CHEXRAY_GRPC_PORT must differ from CHEXRAY_PORT"):
+        Settings.from_env({"CHEXRAY_GRPC_PORT": "9000", "CHEXRAY_PORT": "9000"})
+    with pytest.raises(SettingsError, match="CHEXRAY_MAX_REQUEST_BYTES must be at least 1"):
+        Settings.from_env({"CHEXRAY_MAX_REQUEST_BYTES": "0"})

@@ -1,0 +1,296 @@
+"""Inference on named tensors, below the Open Inference Protocol's front ends (REST and gRPC):
+tensors in -> the engine (the same admission and dynamic batcher as /api/v1/predictions) ->
+named output arrays. Protocol-neutral: the front ends turn their wire formats into these
+types and the errors (server/errors.py kinds, each with a stable code) into their own
+statuses.
+
+One model, `chexray`, in one version: the manifest's. Its inputs, exactly one per request:
+
+    image    BYTES [-1]          each element one encoded file: PNG, JPEG or DICOM
+    pixels   UINT8 [-1, H, W]    already preprocessed, at the manifest's input size
+
+and its outputs (those asked for; all when none are named): the fused graph's, by the
+manifest's names, and `present`, the calls at the manifest's thresholds:
+
+    probabilities         FP32 [-1, 5]         FINDINGS order
+    member_probabilities  FP32 [-1, M, 5]      members in the manifest's order
+    cam_probabilities     FP32 [-1, 5]
+    cam_maps              FP32 [-1, 5, h, w]   raw class activation maps
+    present               BOOL [-1, 5]
+
+A request of N images counts as N analyses for admission: admitted whole or refused whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+
+import numpy as np
+
+from chexray import __version__
+from server.errors import ChexrayError, InvalidInput, NotFound, TooLarge, Unavailable
+from server.runtime import contract
+from server.runtime.engine import Engine, Prediction
+from server.runtime.findings import FINDINGS
+from server.runtime.state import EngineState
+
+MODEL = "chexray"
+SERVER = "chexray"
+IMAGE = "image"
+PIXELS = "pixels"
+PRESENT = "present"
+
+# The protocol's names of the tensor element types this model uses.
+DATATYPE_OF_DTYPE = {"float32": "FP32", "uint8": "UINT8", "bool": "BOOL"}
+# The graph's platform, in Triton's words, by the backend that runs it.
+PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "openvino": "openvino"}
+
+Readiness = Callable[[], Awaitable[tuple[dict[str, bool], str | None]]]
+
+
+@dataclass(frozen=True)
+class TensorMeta:
+    name: str
+    datatype: str
+    shape: tuple[int, ...]  # -1: any size
+
+
+@dataclass(frozen=True)
+class ModelMeta:
+    name: str
+    versions: tuple[str, ...]
+    platform: str
+    inputs: tuple[TensorMeta, ...]
+    outputs: tuple[TensorMeta, ...]
+
+
+@dataclass(frozen=True)
+class ServerMeta:
+    name: str
+    version: str
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """`data` has the tensor's shape; BYTES elements are `bytes` in an object array."""
+
+    name: str
+    datatype: str
+    data: np.ndarray
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(int(d) for d in self.data.shape)
+
+
+@dataclass(frozen=True)
+class InferRequest:
+    model_name: str
+    inputs: tuple[Tensor, ...]
+    model_version: str = ""  # empty: the version served
+    outputs: tuple[str, ...] = ()  # empty: every output
+    id: str = ""
+
+
+@dataclass(frozen=True)
+class InferResponse:
+    model_name: str
+    model_version: str
+    outputs: tuple[Tensor, ...]
+    id: str = ""
+
+
+def _invalid(code: str, message: str, detail: object | None = None) -> InvalidInput:
+    return InvalidInput(code, message, detail)
+
+
+class Inference:
+    def __init__(self, engines: EngineState, readiness: Readiness, max_images: int) -> None:
+        """`readiness`: the server's own checks (those of /health/ready); `max_images`: the
+        most images one request may hold (the analyses the server takes at once)."""
+        self._engines = engines
+        self._readiness = readiness
+        self.max_images = max_images
+
+    # -- health and metadata ---------------------------------------------------------------
+
+    def server_metadata(self) -> ServerMeta:
+        return ServerMeta(SERVER, __version__)
+
+    async def ready(self) -> bool:
+        """Ready exactly when /health/ready says so."""
+        checks, _ = await self._readiness()
+        return all(checks.values())
+
+    def _served(self) -> Engine:
+        """The loaded engine (warmed up or not), for what the manifest says; Unavailable
+        while the models load or when they failed to."""
+        engine = self._engines.engine
+        if engine is None:
+            return self._engines.require()  # raises the coded reason
+        return engine
+
+    def check_model(self, name: str, version: str = "") -> str:
+        """The version served, when `name` and `version` (empty: any) name it; NotFound
+        otherwise."""
+        served = self._served().manifest.version
+        if name != MODEL:
+            raise NotFound("unknown_model", f"no model named {name!r}: this server has {MODEL!r}")
+        if version and version != served:
+            raise NotFound(
+                "unknown_model_version",
+                f"model {MODEL!r} has no version {version!r}: the version served is {served!r}",
+            )
+        return served
+
+    async def model_ready(self, name: str, version: str = "") -> bool:
+        self.check_model(name, version)
+        return await self.ready()
+
+    def model_metadata(self, name: str, version: str = "") -> ModelMeta:
+        served = self.check_model(name, version)
+        engine = self._served()
+        h, w = engine.input_size
+        outputs = [
+            TensorMeta(o.name, DATATYPE_OF_DTYPE[o.dtype], tuple(_dim(d) for d in o.shape))
+            for o in engine.manifest.outputs
+        ]
+        outputs.append(TensorMeta(PRESENT, "BOOL", (-1, len(FINDINGS))))
+        return ModelMeta(
+            MODEL,
+            (served,),
+            PLATFORMS.get(engine.choice.backend, engine.choice.backend),
+            (TensorMeta(IMAGE, "BYTES", (-1,)), TensorMeta(PIXELS, "UINT8", (-1, h, w))),
+            tuple(outputs),
+        )
+
+    # -- inference -------------------------------------------------------------------------
+
+    @contextmanager
+    def admit(self) -> Iterator[None]:
+        """One analysis's place, taken before a request's body is read (Overloaded, 503,
+        when the wait would exceed the budget); `infer(admitted=1)` takes the rest."""
+        with self._engines.require().admission.admit():
+            yield
+
+    async def infer(self, request: InferRequest, admitted: int = 0) -> InferResponse:
+        """Run the request's images through the engine; `admitted`: places the caller holds
+        already for this request (see `admit`). Raises a coded ChexrayError for bad input
+        (the element at fault named), unknown models, and an engine that cannot take it."""
+        engine = self._engines.require()
+        version = self.check_model(request.model_name, request.model_version)
+        outputs = self._outputs(engine, request.outputs)
+        tensor = self._input(engine, request.inputs)
+        count = tensor.shape[0]
+        more = count - admitted
+        with engine.admission.admit(more) if more > 0 else nullcontext():
+            if tensor.name == IMAGE:
+                calls = [engine.predict(bytes(x)) for x in tensor.data]
+            else:
+                calls = [engine.predict_pixels(x) for x in tensor.data]
+            # Every image finishes (or fails) before the places are given back.
+            results = await asyncio.gather(*calls, return_exceptions=True)
+        predictions = []
+        for i, result in enumerate(results):
+            if isinstance(result, BaseException):
+                raise _located(result, tensor.name, i, count)
+            predictions.append(result)
+        arrays = _arrays(engine, predictions)
+        return InferResponse(
+            MODEL,
+            version,
+            tuple(Tensor(name, _datatype(arrays[name]), arrays[name]) for name in outputs),
+            request.id,
+        )
+
+    def _outputs(self, engine: Engine, asked: tuple[str, ...]) -> list[str]:
+        known = [o.name for o in engine.manifest.outputs] + [PRESENT]
+        unknown = [name for name in asked if name not in known]
+        if unknown:
+            raise _invalid(
+                "unknown_output",
+                f"model {MODEL!r} has no output {unknown[0]!r}: its outputs are "
+                + ", ".join(known),
+            )
+        return list(dict.fromkeys(asked)) or known
+
+    def _input(self, engine: Engine, inputs: tuple[Tensor, ...]) -> Tensor:
+        h, w = engine.input_size
+        if len(inputs) != 1:
+            raise _invalid(
+                "invalid_inputs",
+                f"send exactly one input, {IMAGE!r} (BYTES [-1], encoded files) or {PIXELS!r} "
+                f"(UINT8 [-1, {h}, {w}]), not {len(inputs)}",
+            )
+        tensor = inputs[0]
+        if tensor.name == IMAGE:
+            expected, shape_ok = "BYTES", len(tensor.shape) == 1
+            wanted = "[-1] (one element per file)"
+        elif tensor.name == PIXELS:
+            expected, shape_ok = "UINT8", len(tensor.shape) == 3 and tensor.shape[1:] == (h, w)
+            wanted = f"[-1, {h}, {w}] (the model's input size)"
+        else:
+            raise _invalid(
+                "unknown_input",
+                f"model {MODEL!r} has no input {tensor.name!r}: send {IMAGE!r} or {PIXELS!r}",
+            )
+        if tensor.datatype != expected:
+            raise _invalid(
+                "invalid_datatype",
+                f"input {tensor.name!r} must be {expected}, not {tensor.datatype}",
+            )
+        if not shape_ok:
+            raise _invalid(
+                "invalid_shape",
+                f"input {tensor.name!r} must have shape {wanted}, not {list(tensor.shape)}",
+            )
+        count = tensor.shape[0]
+        if count == 0:
+            raise _invalid("empty_input", f"input {tensor.name!r} holds no image")
+        if count > self.max_images:
+            raise TooLarge(
+                "too_many_images",
+                f"input {tensor.name!r} holds {count} images; one request may hold at most "
+                f"{self.max_images} (send several requests)",
+            )
+        return tensor
+
+
+def _dim(d: int | str) -> int:
+    return d if isinstance(d, int) else -1
+
+
+def _datatype(array: np.ndarray) -> str:
+    return DATATYPE_OF_DTYPE[array.dtype.name]
+
+
+def _arrays(engine: Engine, predictions: list[Prediction]) -> dict[str, np.ndarray]:
+    """Every output, one row per image, in the request's order."""
+    members = [m.name for m in engine.manifest.members]
+    return {
+        contract.PROBABILITIES: np.stack([p.probabilities for p in predictions]).astype(np.float32),
+        contract.MEMBER_PROBABILITIES: np.stack(
+            [np.stack([p.member_probabilities[m] for m in members]) for p in predictions]
+        ).astype(np.float32),
+        contract.CAM_PROBABILITIES: np.stack([p.cam_probabilities for p in predictions]).astype(
+            np.float32
+        ),
+        contract.CAM_MAPS: np.stack([p.cam_maps for p in predictions]).astype(np.float32),
+        PRESENT: np.stack([p.calls for p in predictions]).astype(bool),
+    }
+
+
+def _located(exc: BaseException, name: str, index: int, count: int) -> BaseException:
+    """Name the element at fault in a bad image's error (the engine's errors say what is
+    wrong, not which of several images it is)."""
+    if not isinstance(exc, ChexrayError) or isinstance(exc, Unavailable):
+        return exc
+    if count > 1:
+        exc.message = f"input {name!r}, element {index}: {exc.message}"
+        exc.args = (exc.message,)
+    if exc.detail is None:
+        exc.detail = {"input": name, "index": index}
+    return exc
