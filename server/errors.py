@@ -53,3 +53,11 @@ class UnprocessableInput(ChexrayError):
 
 class Unavailable(ChexrayError):
     """The server cannot take the work now (loading, failed models, overloaded)."""
+
+
+class QuotaExceeded(ChexrayError):
+    """The caller has used up an allowance for now; `retry_after` says when it frees up."""
+
+
+class InsufficientStorage(ChexrayError):
+    """No room to keep the work: the disk is full, or a storage quota is reached."""

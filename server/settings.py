@@ -90,6 +90,18 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # stays either way (clients and code generators read it).
     api_docs: bool = True
 
+    # Anonymous stored studies (`store=true`, the legacy anonupload): kept this long, at
+    # most this many at once (0: never kept), at most this many per client address and
+    # hour, counted per replica (0: no per-address limit).
+    anonymous_ttl_hours: float = 24.0
+    anonymous_max_studies: int = 10_000
+    anonymous_hourly_per_address: int = 30
+    # The store's sweep: expired anonymous studies every interval; at start-up also what a
+    # crash left (folders without rows, temporary files, rows without files), leaving
+    # alone folders younger than the grace (another replica may be writing them).
+    sweep_interval_minutes: float = 10.0
+    orphan_grace_minutes: float = 60.0
+
     model_dir: Path = Path("models_onnx")
 
     # Uploads: checked before a full decode.
@@ -181,6 +193,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise SettingsError(
                 f"{PREFIX}INFERENCE_TIMEOUT_S must be above 0", "inference_timeout_s"
             )
+        for name in ("anonymous_ttl_hours", "sweep_interval_minutes", "orphan_grace_minutes"):
+            if not getattr(self, name) > 0:
+                raise SettingsError(f"{PREFIX}{name.upper()} must be more than 0", name)
+        for name in ("anonymous_max_studies", "anonymous_hourly_per_address"):
+            if getattr(self, name) < 0:
+                raise SettingsError(f"{PREFIX}{name.upper()} must be >= 0", name)
         if not 0.0 <= self.heatmap_alpha <= 1.0:
             raise SettingsError(f"{PREFIX}HEATMAP_ALPHA must be between 0 and 1", "heatmap_alpha")
         for name in ("auth_rate_limit", "auth_account_rate_limit"):

@@ -16,8 +16,10 @@ from server.api.schemas import Error
 from server.errors import (
     ChexrayError,
     Conflict,
+    InsufficientStorage,
     InvalidInput,
     NotFound,
+    QuotaExceeded,
     TooLarge,
     Unauthenticated,
     Unavailable,
@@ -39,6 +41,7 @@ STATUS_CODES = {
     422: "unprocessable",
     429: "rate_limited",
     503: "unavailable",
+    507: "insufficient_storage",
 }
 
 
@@ -52,7 +55,9 @@ STATUS_OF_KIND: dict[type[ChexrayError], int] = {
     TooLarge: 413,
     UnsupportedInput: 415,
     UnprocessableInput: 422,
+    QuotaExceeded: 429,
     Unavailable: 503,
+    InsufficientStorage: 507,
 }
 
 

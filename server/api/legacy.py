@@ -17,6 +17,7 @@ from litestar.params import FromPath, JSONBody
 from msgspec import Meta
 
 from server.api.accounts import guard_register, guard_sign_in
+from server.api.auth import client_key
 from server.api.deps import AuthDep, LimiterDep, PrincipalDep, ServiceDep
 from server.api.errors import ApiError
 from server.api.openapi import (
@@ -62,7 +63,7 @@ class XrayIn(msgspec.Struct):
     xray_id: Annotated[str, Meta(max_length=64)]
 
 
-class LegacyXray(msgspec.Struct):
+class LegacyXray(msgspec.Struct, omit_defaults=True):
     id: str
     title: str
     image: str
@@ -75,6 +76,11 @@ class LegacyXray(msgspec.Struct):
     consolidation: float
     edema: float
     pleural_effusion: float
+    # Added for anonymous uploads only (absent otherwise): when the study is deleted, and
+    # the one-time secret that deletes it sooner (DELETE /api/v1/studies/{id} with header
+    # X-Delete-Token).
+    expires_at: dt.datetime | None = None
+    delete_token: str | None = None
 
 
 class LegacyUser(msgspec.Struct):
@@ -83,7 +89,7 @@ class LegacyUser(msgspec.Struct):
     pastxrays: list[LegacyXray]
 
 
-def legacy_xray(request: Request, r: Result) -> LegacyXray:
+def legacy_xray(request: Request, r: Result, delete_token: str | None = None) -> LegacyXray:
     """heatmap_image: the most probable finding's map; newcomp_image: the findings called
     present, combined (the legacy application's composite)."""
     assert r.id is not None
@@ -106,6 +112,8 @@ def legacy_xray(request: Request, r: Result) -> LegacyXray:
         consolidation=calls[2],
         edema=calls[3],
         pleural_effusion=calls[4],
+        expires_at=r.expires_at,
+        delete_token=delete_token,
     )
 
 
@@ -164,9 +172,11 @@ async def legacy_xray_detail(
 async def _upload(request: Request, service: ServiceDep, owner_id: int | None) -> LegacyXray:
     with service.predictions.admit():
         data, title = await read_upload(request)
-        options = AnalyseOptions(title=title, owner_id=owner_id, store=True)
+        options = AnalyseOptions(
+            title=title, owner_id=owner_id, store=True, client=client_key(request)
+        )
         analysis = await service.predictions.analyse(data, options)
-    return legacy_xray(request, analysis.result)
+    return legacy_xray(request, analysis.result, analysis.delete_token)
 
 
 @post(
@@ -175,7 +185,7 @@ async def _upload(request: Request, service: ServiceDep, owner_id: int | None) -
     tags=TAGS,
     operation_class=UploadOperation,
     security=SIGNED_IN_ONLY,
-    responses=errors(*UPLOAD, 401, 403),
+    responses=errors(*UPLOAD, 401, 403, 507),
 )
 async def legacy_upload(request: Request, auth: AuthDep, service: ServiceDep) -> LegacyXray:
     return await _upload(request, service, auth.user_id)
@@ -186,11 +196,11 @@ async def legacy_upload(request: Request, auth: AuthDep, service: ServiceDep) ->
     status_code=200,
     tags=TAGS,
     operation_class=UploadOperation,
-    responses=errors(*UPLOAD),
+    responses=errors(*UPLOAD, 429, 507),
 )
 async def legacy_anonupload(request: Request, service: ServiceDep) -> LegacyXray:
     """Stored without an owner (the legacy application filed these under user 1), reachable
-    by id."""
+    by id, for a limited time (`expires_at`); `delete_token` deletes it sooner."""
     return await _upload(request, service, None)
 
 

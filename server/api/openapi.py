@@ -50,9 +50,12 @@ ERROR_CODES: dict[int, str] = {
     415: "`unsupported_format` (not a PNG, JPEG or DICOM, judged from the content), "
     "`unsupported_transfer_syntax`, `unsupported_media_type` (the Content-Type)",
     422: "`corrupt_image`, `no_pixel_data`, `password_mismatch`, `weak_password`",
-    429: "`rate_limited`, with Retry-After",
-    503: "`overloaded` (with Retry-After), `not_ready`, `models_unavailable`, or the "
-    "database unreachable",
+    429: "`rate_limited`, `anonymous_quota_exceeded` (anonymous studies kept per client "
+    "address and hour), with Retry-After",
+    503: "`overloaded` (with Retry-After), `not_ready`, `models_unavailable`, or "
+    "`database_unavailable` (the database unreachable, with Retry-After)",
+    507: "`storage_full` (no room left to keep the study; nothing of it was kept), "
+    "`anonymous_storage_full` (the most anonymous studies kept at once)",
 }
 
 

@@ -7,6 +7,7 @@ from typing import Literal
 from litestar import Request, post
 from litestar.params import Parameter
 
+from server.api.auth import client_key
 from server.api.deps import PrincipalDep, ServiceDep
 from server.api.errors import ApiError
 from server.api.openapi import ANYONE, UPLOAD, UploadOperation, errors
@@ -22,7 +23,7 @@ from server.service import AnalyseOptions
     tags=["predictions"],
     operation_class=UploadOperation,
     security=ANYONE,
-    responses=errors(*UPLOAD, 401, 403),
+    responses=errors(*UPLOAD, 401, 403, 429, 507),
 )
 async def create_prediction(
     request: Request,
@@ -45,8 +46,10 @@ async def create_prediction(
     `title`) or as the raw body (`image/png`, `image/jpeg`, `application/dicom`).
 
     Signed-in users' predictions become studies in their history; anonymous ones are
-    stored only with `store=true`. 503 with Retry-After when the wait for the engine would
-    exceed the server's budget.
+    stored only with `store=true`, for a limited time (`expires_at`), and their answer
+    carries `delete_token`, the one-time secret that deletes them
+    (`DELETE /api/v1/studies/{id}` with header `X-Delete-Token`). 503 with Retry-After
+    when the wait for the engine would exceed the server's budget.
     """
     stored = principal is not None or store
     mode = heatmap or ("url" if stored else "inline")
@@ -65,6 +68,7 @@ async def create_prediction(
             store=stored,
             heatmap=mode == "inline",
             image=image == "inline",
+            client=client_key(request),
         )
         analysis = await service.predictions.analyse(data, options)
     return study_out(request, analysis.result, analysis)

@@ -60,6 +60,8 @@ def study_out(request: Request, r: Result, analysis: Analysis | None = None) -> 
         warnings=r.warnings,
         backend=r.backend,
         precision=r.precision,
+        expires_at=r.expires_at,
+        delete_token=analysis.delete_token if analysis else None,
     )
 
 

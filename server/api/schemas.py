@@ -149,6 +149,10 @@ class StudyOut(msgspec.Struct):
     # studies stored before this was recorded.
     backend: str | None = None
     precision: str | None = None
+    # Anonymous stored studies: when they are deleted, and (in the creating answer only)
+    # the secret that deletes them sooner: DELETE the study with header X-Delete-Token.
+    expires_at: dt.datetime | None = None
+    delete_token: str | None = None
 
 
 class StudySummary(msgspec.Struct):

@@ -4,10 +4,12 @@ user's study answers 404 exactly as a missing one does."""
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
 from litestar import Request, Response, delete, get
-from litestar.params import FromPath, Parameter
+from litestar.params import FromPath, HeaderParameter, Parameter
 
+from server.api.auth import provide_auth
 from server.api.deps import AuthDep, PrincipalDep, ServiceDep
 from server.api.errors import ApiError
 from server.api.openapi import ANYONE, SIGNED_IN, SIGNED_IN_CHANGE, SIGNED_IN_ONLY, errors
@@ -84,11 +86,27 @@ async def get_study(
     "/api/v1/studies/{study_id:str}",
     status_code=204,
     tags=["studies"],
-    security=SIGNED_IN_ONLY,
+    # Signed in (the owner), or anyone holding an anonymous study's X-Delete-Token.
+    security=ANYONE,
     responses=errors(400, *SIGNED_IN_CHANGE, 404),
 )
-async def delete_study(study_id: FromPath[str], auth: AuthDep, service: ServiceDep) -> None:
-    await service.predictions.delete(study_id, auth.user_id)
+async def delete_study(
+    study_id: FromPath[str],
+    principal: PrincipalDep,
+    service: ServiceDep,
+    delete_token: Annotated[
+        str | None,
+        HeaderParameter(
+            name="X-Delete-Token",
+            max_length=128,
+            description="an anonymous study's deletion secret, from the answer that created it",
+        ),
+    ] = None,
+) -> None:
+    """Delete a study: the owner's, or an anonymous one with its `X-Delete-Token`."""
+    if delete_token is None:
+        principal = await provide_auth(principal)  # 401 when nobody is signed in
+    await service.predictions.delete(study_id, user_id(principal), delete_token)
 
 
 @get(

@@ -10,6 +10,7 @@ Protocol today; DICOMweb next) translate their requests into these calls and the
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 from dataclasses import dataclass
 
@@ -58,28 +59,56 @@ class Service:
         """`manifest`: the model repository's, when the caller has verified it already."""
         self.settings = settings
         self.registry = registry
-        self.store = Store(settings.db_url, settings.media_dir)
+        self.store = Store(
+            settings.db_url,
+            settings.media_dir,
+            anonymous_ttl=dt.timedelta(hours=settings.anonymous_ttl_hours),
+            orphan_grace=dt.timedelta(minutes=settings.orphan_grace_minutes),
+        )
         self.engines = EngineState()
         self.renderer = Renderer(
             settings.heatmap_alpha, settings.decode_threads, self._observe_render
         )
-        self.predictions = Predictions(self.engines, self.store, self.renderer)
+        self.predictions = Predictions(
+            self.engines,
+            self.store,
+            self.renderer,
+            settings.anonymous_max_studies,
+            settings.anonymous_hourly_per_address,
+        )
         self.accounts = Accounts(self.store, settings.token_lifetime_hours)
         self.inference = Inference(self.engines, self.readiness, settings.max_queue)
         self._manifest = manifest
         self._boot: asyncio.Task | None = None
+        self._sweeper: asyncio.Task | None = None
 
     async def start(self) -> None:
-        """Open the store; load the models in the background (readiness tells when)."""
+        """Open the store; load the models and sweep the store in the background
+        (readiness tells when the models are ready)."""
         await self.store.open()
         log.info("%s", self.store.description)
         self._boot = asyncio.create_task(
             self.engines.boot(lambda: Engine(self.settings, self.registry, self._manifest))
         )
+        self._sweeper = asyncio.create_task(self._sweep_forever())
+
+    async def _sweep_forever(self) -> None:
+        """The full sweep at start-up (repeated until it succeeds), then the periodic one."""
+        full = True
+        while True:
+            try:
+                report = await self.store.sweep(full)
+                if report:
+                    log.info("store sweep%s: %s", " at start-up" if full else "", report)
+                full = False
+            except Exception:
+                log.exception("store sweep failed; retrying at the next interval")
+            await asyncio.sleep(self.settings.sweep_interval_minutes * 60)
 
     async def stop(self) -> None:
-        if self._boot is not None:
-            self._boot.cancel()
+        for task in (self._boot, self._sweeper):
+            if task is not None:
+                task.cancel()
         await self.engines.stop()
         self.renderer.close()
         self.store.close()

@@ -116,5 +116,4 @@ class Accounts:
 
     async def delete(self, who: Principal) -> None:
         """The account, its tokens, its studies and their files."""
-        study_ids = await self.store.call(accounts.delete_user, who.user_id)
-        await self.store.delete_media(study_ids)
+        await self.store.delete_account(who.user_id)

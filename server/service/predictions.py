@@ -8,7 +8,10 @@ per finding from the stored image and CAM maps, then kept).
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import time
+from collections import deque
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
@@ -16,16 +19,24 @@ import numpy as np
 
 from server import tracing
 from server.cam.renderer import Renderer
-from server.errors import NotFound
+from server.errors import (
+    InsufficientStorage,
+    NotFound,
+    QuotaExceeded,
+    Unauthenticated,
+)
 from server.runtime.findings import slug
 from server.runtime.state import EngineState
 from server.service.results import Result, result_from_prediction, result_from_study, study_row
+from server.store.media import IMAGE_FILE
 from server.store.models import Study
-from server.store.store import Store
-from server.store.studies import new_study_id
+from server.store.store import OwnerGone, Store
+from server.store.studies import delete_token_matches, new_delete_token, new_study_id
 
-IMAGE = "image.png"
+IMAGE = IMAGE_FILE
 HEATMAP = "heatmap.png"
+
+log = logging.getLogger("chexray")
 
 
 def heatmap_file(finding: str | None) -> str:
@@ -39,6 +50,7 @@ class AnalyseOptions:
     store: bool = False  # keep it; signed-in callers always do (the front end decides)
     heatmap: bool = False  # draw the combined heatmap PNG for the answer
     image: bool = False  # encode the decoded X-ray as PNG for the answer
+    client: str | None = None  # the caller's address: anonymous studies are counted by it
 
 
 @dataclass(frozen=True)
@@ -48,17 +60,92 @@ class Analysis:
     image_png: bytes | None  # when asked for
     heatmap_ms: float | None
     total_ms: float
+    # An anonymous stored study's one-time deletion secret: only its hash is kept, so this
+    # answer is the only place it ever appears.
+    delete_token: str | None = None
 
 
 def not_found(what: str = "study") -> NotFound:
     return NotFound("not_found", f"no such {what}")
 
 
+class HourlyCounter:
+    """Events per key over the last hour, in this process (with several replicas, each
+    counts its own share, like the sign-in rate limit). Used from the event loop only."""
+
+    WINDOW_S = 3600.0
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._events: dict[str, deque[float]] = {}
+
+    def take(self, key: str) -> float | None:
+        """Count one event; None when allowed, else the seconds until one is."""
+        now = time.monotonic()
+        events = self._events.setdefault(key, deque())
+        while events and events[0] <= now - self.WINDOW_S:
+            events.popleft()
+        if len(events) >= self.limit:
+            return max(1.0, events[0] + self.WINDOW_S - now)
+        events.append(now)
+        if len(self._events) > 100_000:  # forget idle keys rather than grow forever
+            self._events = {
+                k: v for k, v in self._events.items() if v and v[-1] > now - self.WINDOW_S
+            }
+        return None
+
+    def give_back(self, key: str) -> None:
+        """Undo the last `take` of `key` (the event did not happen after all)."""
+        events = self._events.get(key)
+        if events:
+            events.pop()
+
+
 class Predictions:
-    def __init__(self, engines: EngineState, store: Store, renderer: Renderer) -> None:
+    def __init__(
+        self,
+        engines: EngineState,
+        store: Store,
+        renderer: Renderer,
+        max_anonymous: int = 10_000,
+        anonymous_per_address_hourly: int = 0,
+    ) -> None:
+        """`max_anonymous`: anonymous studies kept at once (0: none);
+        `anonymous_per_address_hourly`: per client address and hour (0: no limit)."""
         self.engines = engines
         self.store = store
         self.renderer = renderer
+        self.max_anonymous = max_anonymous
+        self.per_address = (
+            HourlyCounter(anonymous_per_address_hourly) if anonymous_per_address_hourly else None
+        )
+
+    async def _admit_anonymous(self, client: str | None) -> str | None:
+        """Refuse an anonymous study over a quota; the key counted, if any, to give back
+        when nothing is kept after all."""
+        if await self.store.count_anonymous() >= self.max_anonymous:
+            raise InsufficientStorage(
+                "anonymous_storage_full",
+                f"this server keeps at most {self.max_anonymous} anonymous studies and has "
+                "no room for another now: sign in (studies in a history are not limited "
+                "this way), or analyse without store=true",
+            )
+        if self.per_address is None:
+            return None
+        key = client or "unknown"
+        wait = self.per_address.take(key)
+        if wait is not None:
+            raise QuotaExceeded(
+                "anonymous_quota_exceeded",
+                f"at most {self.per_address.limit} anonymous studies per client address and "
+                "hour are kept: sign in, analyse without store=true, or retry later",
+                retry_after=wait,
+            )
+        return key
+
+    def _result(self, study: Study) -> Result:
+        expires = self.store.expires_at(study.created_at, study.owner_id)
+        return dataclasses.replace(result_from_study(study), expires_at=expires)
 
     def admit(self) -> AbstractContextManager[None]:
         """A place for one analysis, taken before its bytes are read (Overloaded: 503 with
@@ -67,7 +154,18 @@ class Predictions:
 
     async def analyse(self, data: bytes, options: AnalyseOptions) -> Analysis:
         """Predict; when stored, keep the decoded image as PNG (never the DICOM, so no patient
-        data at rest) and the combined heatmap beside the study row."""
+        data at rest) and the combined heatmap beside the study row. An anonymous study is
+        kept only within the quotas, and comes with its deletion secret."""
+        anonymous = options.store and options.owner_id is None
+        counted = await self._admit_anonymous(options.client) if anonymous else None
+        try:
+            return await self._analyse(data, options, anonymous)
+        except BaseException:
+            if counted is not None and self.per_address is not None:
+                self.per_address.give_back(counted)
+            raise
+
+    async def _analyse(self, data: bytes, options: AnalyseOptions, anonymous: bool) -> Analysis:
         start = time.perf_counter()
         prediction = await self.engines.require().predict(data)
         keep = options.store
@@ -84,18 +182,28 @@ class Predictions:
             image = await self.renderer.encode_png(prediction.image.pixels)
         study_id = new_study_id() if keep else None
         result = result_from_prediction(prediction, study_id, options.owner_id, options.title)
+        delete_token = None
         if keep:
             assert heat is not None and image is not None
-            with tracing.span("store"):
-                row = study_row(result)
-                stored = await self.store.add_study(row, {IMAGE: image, HEATMAP: heat})
-            result = result_from_study(stored)
+            row = study_row(result)
+            if anonymous:
+                delete_token, row.delete_token_hash = new_delete_token()
+            try:
+                with tracing.span("store"):
+                    stored = await self.store.add_study(row, {IMAGE: image, HEATMAP: heat})
+            except OwnerGone:
+                raise Unauthenticated(
+                    "invalid_token",
+                    "the account was deleted while this study was being kept; nothing was kept",
+                ) from None
+            result = self._result(stored)
         return Analysis(
             result,
             heat if options.heatmap else None,
             image if options.image else None,
             heatmap_ms,
             (time.perf_counter() - start) * 1e3,
+            delete_token,
         )
 
     # -- stored studies --------------------------------------------------------------------
@@ -109,7 +217,7 @@ class Predictions:
         return study
 
     async def result(self, study_id: str, user_id: int | None) -> Result:
-        return result_from_study(await self.study(study_id, user_id))
+        return self._result(await self.study(study_id, user_id))
 
     async def history(
         self, user_id: int, page: int, per_page: int, finding: str | None
@@ -117,10 +225,16 @@ class Predictions:
         rows, total = await self.store.list_studies(user_id, page, per_page, finding)
         return [result_from_study(r) for r in rows], total
 
-    async def delete(self, study_id: str, user_id: int) -> None:
+    async def delete(
+        self, study_id: str, user_id: int | None, delete_token: str | None = None
+    ) -> None:
+        """The owner deletes their study; an anonymous study is deleted by whoever holds the
+        secret its creating answer returned. Anyone else gets NotFound."""
         study = await self.study(study_id, user_id)
-        if study.owner_id is None:
-            raise not_found()  # anonymous studies have no owner who could delete them
+        if study.owner_id is None and (
+            delete_token is None or not delete_token_matches(study, delete_token)
+        ):
+            raise not_found()
         if not await self.store.delete_study(study.id):
             raise not_found()  # deleted by a concurrent request meanwhile
 
@@ -148,5 +262,12 @@ class Predictions:
             np.asarray(study.calls),
             finding,
         )
-        await self.store.write_file(study.id, name, png)
+        try:
+            kept = await self.store.write_file(study.id, name, png)
+        except InsufficientStorage:
+            # Keeping it is only a cache: answer it anyway, drawn again next time.
+            log.warning("no space to keep heatmap %s of study %s", name, study.id)
+            return png
+        if not kept:
+            raise not_found()  # deleted while it was being drawn
         return png

@@ -47,6 +47,7 @@ class Result:
     timings: dict[str, float | int | None]  # decode/preprocess/queue/compute ms, batch_size
     backend: str | None  # backend-device-precision that answered (None: not recorded)
     precision: str | None
+    expires_at: dt.datetime | None = None  # anonymous stored studies: when they are deleted
 
     @property
     def stored(self) -> bool:

@@ -117,14 +117,24 @@ def update_profile(s: Session, user: User, email: str | None, full_name: str | N
 
 
 def study_count(s: Session, user_id: int) -> int:
-    return s.exec(select(func.count()).select_from(Study).where(Study.owner_id == user_id)).one()
+    return s.exec(
+        select(func.count())
+        .select_from(Study)
+        .where(Study.owner_id == user_id, col(Study.files_missing_since).is_(None))
+    ).one()
 
 
 def delete_user(s: Session, user_id: int) -> list[str]:
-    """Delete the user, their tokens and studies; return the study ids (for their files)."""
-    ids = list(s.exec(select(Study.id).where(Study.owner_id == user_id)).all())
-    s.exec(delete(Study).where(col(Study.owner_id) == user_id))
+    """Delete the user, their tokens and studies in one transaction; return the ids of the
+    studies this deletion removed, so that exactly their files are deleted.
+
+    No study can slip past: the user's row is locked first (PostgreSQL), so a study being
+    added meanwhile either commits before the delete below (which then removes and reports
+    it) or fails its foreign key afterwards (and its writer removes its files). On SQLite
+    the delete takes the database's one write lock, with the same effect."""
+    s.exec(select(User.id).where(User.id == user_id).with_for_update())
+    ids = s.exec(delete(Study).where(col(Study.owner_id) == user_id).returning(col(Study.id))).all()
     s.exec(delete(Token).where(col(Token.user_id) == user_id))
     s.exec(delete(User).where(col(User.id) == user_id))
     s.commit()
-    return ids
+    return [row[0] for row in ids]

@@ -5,13 +5,78 @@ Blocking: `server.store.store.Store` runs it in worker threads.
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 
-from sqlalchemy import event, inspect, text
+from sqlalchemy import event, exc, inspect, text
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel, create_engine
 
+from server.errors import InsufficientStorage, Unavailable
 from server.store import models  # noqa: F401  (registers the tables)
+
+log = logging.getLogger("chexray.store")
+
+RETRY_AFTER_S = 5.0
+DISK_FULL_SQLSTATE = "53100"  # PostgreSQL's disk_full
+
+
+def storage_full() -> InsufficientStorage:
+    return InsufficientStorage(
+        "storage_full",
+        "the server has no room left to keep this study; nothing was kept. Retry later, or "
+        "analyse without keeping it",
+    )
+
+
+def _disk_full(error: exc.DBAPIError) -> bool:
+    orig = error.orig
+    return (
+        getattr(orig, "sqlstate", None) == DISK_FULL_SQLSTATE
+        or getattr(orig, "sqlite_errorname", None) == "SQLITE_FULL"
+    )
+
+
+def _unreachable(error: Exception) -> bool:
+    """A failure of the database server or of the connection to it, not of the statement:
+    connection refused or lost, the server shutting down, a busy SQLite file, no pooled
+    connection free in time."""
+    if isinstance(error, exc.TimeoutError | exc.DisconnectionError):
+        return True
+    if isinstance(error, exc.DBAPIError):
+        return error.connection_invalidated or isinstance(
+            error, exc.OperationalError | exc.InterfaceError
+        )
+    return False
+
+
+@contextlib.contextmanager
+def database_errors() -> Iterator[None]:
+    """Turn an unreachable database into `Unavailable` (503, with Retry-After) and a full
+    one into `InsufficientStorage`; any other database error stays a bug."""
+    try:
+        yield
+    except exc.DBAPIError as error:
+        if _disk_full(error):
+            log.error("the database is out of space: %s", error.orig)
+            raise storage_full() from error
+        if not _unreachable(error):
+            raise
+        log.warning("database unavailable: %s", (str(error.orig).strip() or "?").splitlines()[0])
+        raise _unavailable() from error
+    except (exc.TimeoutError, exc.DisconnectionError) as error:
+        log.warning("database unavailable: %s", error)
+        raise _unavailable() from error
+
+
+def _unavailable() -> Unavailable:
+    return Unavailable(
+        "database_unavailable",
+        "the database is unreachable or busy; retry shortly",
+        retry_after=RETRY_AFTER_S,
+    )
 
 
 def make_engine(url: str) -> Engine:
@@ -30,7 +95,13 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+    # pre-ping: after a database restart, pooled connections are found dead and replaced
+    # instead of failing the next requests; connect_timeout: an unreachable server answers
+    # 503 within seconds rather than hanging requests.
+    connect_args = {"connect_timeout": 5} if url.startswith("postgresql") else {}
+    return create_engine(
+        url, pool_pre_ping=True, pool_size=5, max_overflow=10, connect_args=connect_args
+    )
 
 
 class Database:

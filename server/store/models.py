@@ -70,3 +70,9 @@ class Study(SQLModel, table=True):
     # recorded. Nullable columns added later are added to older databases at start-up.
     backend: str | None = Field(default=None, max_length=32)
     precision: str | None = Field(default=None, max_length=8)
+    # Anonymous studies: the SHA-256 of the one-time secret that lets their uploader delete
+    # them (the secret itself is only ever in the creating response).
+    delete_token_hash: str | None = Field(default=None, max_length=64)
+    # Set by the store's sweep when the study's image file is missing (see Store.sweep):
+    # such a study is hidden, not deleted, and shown again if its files come back.
+    files_missing_since: dt.datetime | None = None
