@@ -68,60 +68,121 @@ def _pg_bin(name: str) -> str | None:
     return str(candidates[-1]) if candidates else None
 
 
-@pytest.fixture(scope="session")
-def postgres(tmp_path_factory: pytest.TempPathFactory):
-    """A throwaway PostgreSQL cluster on a free local port, removed afterwards.
+class PostgresCluster:
+    """A throwaway PostgreSQL cluster on a free local port that a test may stop and start
+    again (same port, same data), e.g. to see the server through a database outage.
 
     initdb refuses to run as root, so as root the cluster belongs to the `postgres` user.
     """
-    initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
-    if not initdb or not pg_ctl:
-        pytest.skip("PostgreSQL is not installed (scripts/ensure-test-deps.sh installs it)")
-    root = tmp_path_factory.mktemp("pg")
-    data = root / "data"
-    as_user: list[str] = []
-    if os.geteuid() == 0:
-        import pwd
 
-        pw = pwd.getpwnam("postgres")
-        os.chmod(root, 0o777)
-        for p in (root, *root.parents):
+    def __init__(self, root: Path) -> None:
+        initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
+        if not initdb or not pg_ctl:
+            pytest.skip("PostgreSQL is not installed (scripts/ensure-test-deps.sh installs it)")
+        self.root, self.data, self.pg_ctl = root, root / "data", pg_ctl
+        self.as_user: list[str] = []
+        if os.geteuid() == 0:
+            import pwd
+
+            pw = pwd.getpwnam("postgres")
+            os.chmod(root, 0o777)
+            self._let_postgres_in()
+            os.chown(root, pw.pw_uid, pw.pw_gid)
+            self.as_user = ["runuser", "-u", "postgres", "--"]
+        self.port = free_port()
+        self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}"
+        subprocess.run(
+            [
+                *self.as_user,
+                initdb,
+                "-D",
+                str(self.data),
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+                "-E",
+                "UTF8",
+            ],
+            check=True,
+            capture_output=True,
+        )
+        self.start()
+
+    def _let_postgres_in(self) -> None:
+        """Let the postgres user traverse to the cluster. Again before each pg_ctl: a pytest
+        session starting meanwhile makes /tmp/pytest-of-<user> private again."""
+        for p in self.root.parents:
             if p == Path("/"):
                 break
-            os.chmod(p, os.stat(p).st_mode | 0o011)  # let the postgres user traverse
-        os.chown(root, pw.pw_uid, pw.pw_gid)
-        as_user = ["runuser", "-u", "postgres", "--"]
-    port = free_port()
-    subprocess.run(
-        [
-            *as_user,
-            initdb,
-            "-D",
-            str(data),
-            "-A",
-            "trust",
-            "-U",
-            "postgres",
-            "--no-sync",
-            "-E",
-            "UTF8",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    opts = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
-    subprocess.run(
-        [*as_user, pg_ctl, "-D", str(data), "-o", opts, "-w", "-l", str(root / "log"), "start"],
-        check=True,
-        capture_output=True,
-    )
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}"
-    finally:
-        subprocess.run(
-            [*as_user, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True
+            os.chmod(p, os.stat(p).st_mode | 0o011)
+
+    def _ctl(self, *args: str, check: bool = True) -> None:
+        if self.as_user:
+            self._let_postgres_in()
+        done = subprocess.run(
+            [*self.as_user, self.pg_ctl, "-D", str(self.data), *args],
+            capture_output=True,
+            text=True,
         )
-        shutil.rmtree(root, ignore_errors=True)
+        if check and done.returncode != 0:
+            log = self.root / "log"
+            tail = log.read_text()[-2000:] if log.is_file() else ""
+            raise RuntimeError(f"pg_ctl {' '.join(args)}: {done.stdout}{done.stderr}\n{tail}")
+
+    def start(self) -> None:
+        opts = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._ctl("-o", opts, "-w", "-l", str(self.root / "log"), "start")
+
+    def stop(self, mode: str = "fast") -> None:
+        """`fast`: disconnect clients, roll back what is open, shut down cleanly;
+        `immediate`: as if the server crashed (recovery on the next start)."""
+        self._ctl("-m", mode, "-w", "stop")
+
+    def remove(self) -> None:
+        self._ctl("-m", "immediate", "stop", check=False)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+class PostgresUrl(str):
+    """The shared cluster's URL (a str, as the fixture always gave), with the cluster."""
+
+    cluster: PostgresCluster
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory):
+    """A throwaway PostgreSQL cluster shared by the session: its URL (without a database
+    name), removed afterwards. Tests that stop the server use `postgres_cluster`."""
+    cluster = PostgresCluster(tmp_path_factory.mktemp("pg"))
+    url = PostgresUrl(cluster.url)
+    url.cluster = cluster
+    try:
+        yield url
+    finally:
+        cluster.remove()
+
+
+@pytest.fixture
+def postgres_cluster(tmp_path_factory: pytest.TempPathFactory):
+    """A PostgreSQL cluster of the test's own, which it may stop and start."""
+    cluster = PostgresCluster(tmp_path_factory.mktemp("pg_own"))
+    try:
+        yield cluster
+    finally:
+        cluster.remove()
+
+
+def create_database(server_url: str, name: str) -> str:
+    """A new database on a cluster; its SQLAlchemy URL."""
+    import psycopg
+
+    with psycopg.connect(
+        server_url.replace("postgresql+psycopg", "postgresql") + "/postgres", autocommit=True
+    ) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    return f"{server_url}/{name}"
 
 
 _DB_COUNTER = iter(range(10**6))
@@ -133,11 +194,4 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'chexray.db'}"
     server = request.getfixturevalue("postgres")
-    import psycopg
-
-    name = f"chexray_test_{next(_DB_COUNTER)}"
-    with psycopg.connect(
-        server.replace("postgresql+psycopg", "postgresql") + "/postgres", autocommit=True
-    ) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    return f"{server}/{name}"
+    return create_database(server, f"chexray_test_{next(_DB_COUNTER)}")

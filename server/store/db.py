@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +23,27 @@ log = logging.getLogger("chexray.store")
 
 RETRY_AFTER_S = 5.0
 DISK_FULL_SQLSTATE = "53100"  # PostgreSQL's disk_full
+
+
+class Throttled:
+    """Log a recurring condition (every request of an outage fails alike) at warning at
+    most once per `interval_s`, and at debug in between, so an outage cannot flood the log."""
+
+    def __init__(self, interval_s: float = 10.0) -> None:
+        self.interval_s = interval_s
+        self._last = -interval_s
+        self._lock = threading.Lock()
+
+    def warning(self, msg: str, *args: object) -> None:
+        now = time.monotonic()
+        with self._lock:
+            due = now - self._last >= self.interval_s
+            if due:
+                self._last = now
+        log.log(logging.WARNING if due else logging.DEBUG, msg, *args)
+
+
+outage_log = Throttled()
 
 
 def storage_full() -> InsufficientStorage:
@@ -64,11 +87,15 @@ def database_errors() -> Iterator[None]:
             raise storage_full() from error
         if not _unreachable(error):
             raise
-        log.warning("database unavailable: %s", (str(error.orig).strip() or "?").splitlines()[0])
+        outage_log.warning("database unavailable: %s", _first_line(error.orig))
         raise _unavailable() from error
     except (exc.TimeoutError, exc.DisconnectionError) as error:
-        log.warning("database unavailable: %s", error)
+        outage_log.warning("database unavailable: %s", _first_line(error))
         raise _unavailable() from error
+
+
+def _first_line(error: object) -> str:
+    return (str(error).strip() or type(error).__name__).splitlines()[0]
 
 
 def _unavailable() -> Unavailable:

@@ -109,10 +109,10 @@ class MediaStore:
             pass
         return time.time() - newest
 
-    def remove_stale_temporaries(self, study_id: str, older_than: float) -> int:
-        """Delete the temporary files of interrupted writes (".<name>.<random>") that are
-        older than `older_than` seconds; a fresh one may be a write in progress."""
-        removed = 0
+    def remove_stale_temporaries(self, study_id: str, older_than: float) -> tuple[int, int]:
+        """Delete the temporary files of interrupted writes (".<name>.<random>") older than
+        `older_than` seconds; a fresh one may be a write in progress. (removed, left)."""
+        removed = left = 0
         now = time.time()
         try:
             with os.scandir(self.root / study_id) as entries:
@@ -120,6 +120,7 @@ class MediaStore:
                     if not entry.name.startswith(TEMP_PREFIX) or not entry.is_file():
                         continue
                     if now - entry.stat().st_mtime < older_than:
+                        left += 1
                         continue
                     try:
                         os.unlink(entry.path)
@@ -128,4 +129,4 @@ class MediaStore:
                         pass
         except FileNotFoundError:
             pass
-        return removed
+        return removed, left

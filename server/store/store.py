@@ -24,7 +24,7 @@ from sqlalchemy.exc import IntegrityError
 
 from server.files import is_no_space
 from server.store import accounts, studies
-from server.store.db import Database, database_errors, storage_full
+from server.store.db import Database, database_errors, outage_log, storage_full
 from server.store.media import IMAGE_FILE, MediaStore
 from server.store.models import Study, utcnow
 
@@ -75,6 +75,8 @@ class Store:
         # Folders whose removal failed (their rows are gone): retried by every sweep.
         self._undeleted: set[str] = set()
         self._undeleted_lock = threading.Lock()
+        # Leftovers too young to judge at the start-up sweep: judged again by later sweeps.
+        self._suspects: set[str] = set()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -98,7 +100,9 @@ class Store:
         return await anyio.to_thread.run_sync(fn, *args)
 
     def _session_call(self, fn: Callable[..., T], *args: object) -> T:
-        with self.db.session() as s, database_errors():
+        # The error mapping encloses the session: closing it rolls back, and on a lost
+        # connection that fails too.
+        with database_errors(), self.db.session() as s:
             return fn(s, *args)
 
     async def call(self, fn: Callable[..., T], *args: object) -> T:
@@ -173,7 +177,9 @@ class Store:
             try:
                 self._session_call(studies.delete_study, study_id)
             except Exception as exc:
-                log.error(
+                # Usually the database is down and the row was never committed; throttled,
+                # since during an outage every upload ends here.
+                outage_log.warning(
                     "study %s: could not remove its row after a failed write (%s); if it "
                     "was committed, the sweep at the next start hides it",
                     study_id,
@@ -260,41 +266,58 @@ class Store:
             alive = self._session_call(studies.existing_ids, batch)
             report.retried += sum(self._remove_files(i) for i in batch if i not in alive)
         if full:
-            self._sweep_leftovers(report)
+            self._suspects = self._sweep_leftovers(report, None)
+        elif self._suspects:
+            self._suspects = self._sweep_leftovers(report, self._suspects)
         return report
 
-    def _sweep_leftovers(self, report: SweepReport) -> None:
-        """What a crash (SIGKILL, power loss) between the steps of a write or a deletion
-        leaves: folders without a row, temporary files of interrupted writes, rows without
-        their image file.
+    def _sweep_leftovers(self, report: SweepReport, only: set[str] | None) -> set[str]:
+        """Repair what a crash (SIGKILL, power loss) between the steps of a write or a
+        deletion leaves: folders without a row, temporary files of interrupted writes, rows
+        without their image file. `only`: look at these studies alone (the suspects of the
+        last full sweep), not at everything. Returns the suspects: what was too young to
+        judge, judged again by the next sweeps until it is old enough.
 
         Folders and temporary files younger than `orphan_grace` are left alone: with
         several replicas sharing the database and the media folder, one may be filling
-        that folder right now (files first, then the row).
+        that folder right now (files first, then the row). So what a kill left a moment
+        before a restart is removed by a sweep once the grace has passed, not at once.
 
         A row whose image file is missing is marked (`files_missing_since`) and thereby
         hidden, not deleted: the same sight (rows without files) is what a replica sees when
         the shared media volume is not mounted or is the wrong one, and deleting there would
-        destroy every study in the database. The mark is reversible: a later sweep that
-        finds the image again clears it. Rows younger than the grace are not judged either
-        (a shared file system may show another replica's new file late)."""
+        destroy every study in the database. The mark is reversible: a later full sweep
+        that finds the image again clears it. Rows younger than the grace are not judged
+        either (a shared file system may show another replica's new file late)."""
         grace_s = self.orphan_grace.total_seconds()
-        for batch in _batched(self.media.study_folders(), BATCH):
+        suspects: set[str] = set()
+        folders = self.media.study_folders() if only is None else sorted(only)
+        for batch in _batched(folders, BATCH):
             alive = self._session_call(studies.existing_ids, batch)
             for study_id in batch:
                 if study_id in alive:
-                    report.temporaries += self.media.remove_stale_temporaries(study_id, grace_s)
-                elif self.media.age(study_id) >= grace_s and self.media.delete_study(study_id):
+                    removed, left = self.media.remove_stale_temporaries(study_id, grace_s)
+                    report.temporaries += removed
+                    if left:
+                        suspects.add(study_id)
+                elif not self.media.folder(study_id).is_dir():
+                    continue
+                elif self.media.age(study_id) < grace_s:
+                    suspects.add(study_id)
+                elif self.media.delete_study(study_id):
                     report.orphan_folders += 1
-        after, before = "", utcnow() - self.orphan_grace
-        while page := self._session_call(studies.page_of_ids, after, BATCH, before):
+        after, judged_before = "", utcnow() - self.orphan_grace
+        while page := self._session_call(studies.page_of_rows, after, BATCH, only):
             missing, back = [], []
-            for study_id, marked in page:
+            for study_id, marked, created_at in page:
                 present = self.media.exists(study_id, IMAGE_FILE)
                 if present and marked:
                     back.append(study_id)
                 elif not present and not marked:
-                    missing.append(study_id)
+                    if created_at >= judged_before:
+                        suspects.add(study_id)
+                    else:
+                        missing.append(study_id)
             if missing:
                 self._session_call(studies.mark_missing, missing, True)
                 log.error(
@@ -308,3 +331,4 @@ class Store:
             report.marked_missing += len(missing)
             report.found_again += len(back)
             after = page[-1][0]
+        return suspects

@@ -45,9 +45,11 @@ def _visible() -> ColumnElement[bool]:
 
 
 def add_study(s: Session, study: Study) -> Study:
+    """Insert and commit. No reading back afterwards: every field is set here, and a read
+    after the commit could fail (the database going away) and report as failed a study
+    that is in fact stored."""
     s.add(study)
     s.commit()
-    s.refresh(study)
     return study
 
 
@@ -118,18 +120,18 @@ def existing_ids(s: Session, ids: Sequence[str]) -> set[str]:
     return set(s.exec(select(Study.id).where(col(Study.id).in_(list(ids)))).all())
 
 
-def page_of_ids(
-    s: Session, after: str, limit: int, created_before: dt.datetime
-) -> list[tuple[str, bool]]:
-    """(id, marked missing) of studies created before `created_before`, in id order after
-    `after`: the sweep walks every row this way without holding them all."""
-    rows = s.exec(
-        select(Study.id, Study.files_missing_since)
-        .where(col(Study.id) > after, col(Study.created_at) < created_before)
-        .order_by(col(Study.id))
-        .limit(limit)
-    ).all()
-    return [(study_id, missing is not None) for study_id, missing in rows]
+def page_of_rows(
+    s: Session, after: str, limit: int, only: Sequence[str] | None = None
+) -> list[tuple[str, bool, dt.datetime]]:
+    """(id, marked missing, created at) of studies in id order after `after` (of `only`
+    those ids, if given): the sweep walks every row this way without holding them all."""
+    stmt = select(Study.id, Study.files_missing_since, Study.created_at).where(
+        col(Study.id) > after
+    )
+    if only is not None:
+        stmt = stmt.where(col(Study.id).in_(list(only)))
+    rows = s.exec(stmt.order_by(col(Study.id)).limit(limit)).all()
+    return [(study_id, missing is not None, created) for study_id, missing, created in rows]
 
 
 def mark_missing(s: Session, ids: Sequence[str], missing: bool) -> None:

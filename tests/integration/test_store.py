@@ -323,6 +323,12 @@ def test_the_sweep_repairs_what_a_crash_leaves_and_spares_what_is_being_written(
     assert folders(store) == {good.id, young, lost.id}
     assert not stale_tmp.exists() and fresh_tmp.exists()
     assert asyncio.run(store.get_study(good.id, None)) is not None
+    # What was too young is judged again by the periodic sweep, once old enough.
+    make_old(store.media.folder(young), old)
+    make_old(fresh_tmp, old)
+    report = asyncio.run(store.sweep(full=False))
+    assert (report.orphan_folders, report.temporaries) == (1, 1)
+    assert folders(store) == {good.id, lost.id} and not fresh_tmp.exists()
     # The row without its image is hidden, not deleted...
     assert asyncio.run(store.get_study(lost.id, lost.owner_id)) is None
     assert asyncio.run(store.list_studies(lost.owner_id, 1, 10, None)) == ([], 0)

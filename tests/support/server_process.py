@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -25,8 +25,11 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_server(repo: Path, root: Path, **env: str) -> Iterator[tuple[str, subprocess.Popen]]:
-    """Serve a copy of `repo` with data under `root`; yields (base URL, process)."""
+def running_server(
+    repo: Path, root: Path, preexec_fn: Callable[[], None] | None = None, **env: str
+) -> Iterator[tuple[str, subprocess.Popen]]:
+    """Serve a copy of `repo` with data under `root`; yields (base URL, process).
+    `preexec_fn` runs in the child before the server starts (e.g. to set a resource limit)."""
     shutil.copytree(repo, root / "models")
     port = free_port()
     full_env = {
@@ -47,6 +50,7 @@ def running_server(repo: Path, root: Path, **env: str) -> Iterator[tuple[str, su
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        preexec_fn=preexec_fn,
     )
     base = f"http://127.0.0.1:{port}"
     try:

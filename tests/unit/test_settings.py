@@ -55,3 +55,24 @@ def test_grpc_port_and_request_size() -> None:
         Settings.from_env({"CHEXRAY_GRPC_PORT": "9000", "CHEXRAY_PORT": "9000"})
     with pytest.raises(SettingsError, match="CHEXRAY_MAX_REQUEST_BYTES must be at least 1"):
         Settings.from_env({"CHEXRAY_MAX_REQUEST_BYTES": "0"})
+
+
+def test_storage_settings() -> None:
+    s = Settings.from_env(
+        {
+            "CHEXRAY_ANONYMOUS_TTL_HOURS": "0.5",
+            "CHEXRAY_ANONYMOUS_MAX_STUDIES": "0",
+            "CHEXRAY_ANONYMOUS_HOURLY_PER_ADDRESS": "0",
+            "CHEXRAY_ORPHAN_GRACE_MINUTES": "0.5",
+        }
+    )
+    assert (s.anonymous_ttl_hours, s.anonymous_max_studies) == (0.5, 0)
+    assert (s.anonymous_hourly_per_address, s.orphan_grace_minutes) == (0, 0.5)
+    with pytest.raises(SettingsError, match="CHEXRAY_ANONYMOUS_TTL_HOURS must be more than 0"):
+        Settings.from_env({"CHEXRAY_ANONYMOUS_TTL_HOURS": "0"})
+    with pytest.raises(SettingsError, match="CHEXRAY_SWEEP_INTERVAL_MINUTES"):
+        Settings.from_env({"CHEXRAY_SWEEP_INTERVAL_MINUTES": "-1"})
+    with pytest.raises(SettingsError, match="CHEXRAY_ORPHAN_GRACE_MINUTES"):
+        Settings.from_env({"CHEXRAY_ORPHAN_GRACE_MINUTES": "0"})
+    with pytest.raises(SettingsError, match="CHEXRAY_ANONYMOUS_MAX_STUDIES must be >= 0"):
+        Settings.from_env({"CHEXRAY_ANONYMOUS_MAX_STUDIES": "-1"})
