@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 from tests.support import no_frameworks
@@ -78,6 +79,7 @@ class PostgresCluster:
     def __init__(self, root: Path) -> None:
         initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
         if not initdb or not pg_ctl:
+            shutil.rmtree(root, ignore_errors=True)
             pytest.skip("PostgreSQL is not installed (scripts/ensure-test-deps.sh installs it)")
         self.root, self.data, self.pg_ctl = root, root / "data", pg_ctl
         self.as_user: list[str] = []
@@ -145,6 +147,13 @@ class PostgresCluster:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+def _cluster_dir() -> Path:
+    """A folder for a cluster outside pytest's base folder: a pytest session starting on
+    the same machine makes /tmp/pytest-of-<user> private again, which would lock the
+    postgres user out of a cluster inside it."""
+    return Path(tempfile.mkdtemp(prefix="chexray-pg-"))
+
+
 class PostgresUrl(str):
     """The shared cluster's URL (a str, as the fixture always gave), with the cluster."""
 
@@ -152,10 +161,10 @@ class PostgresUrl(str):
 
 
 @pytest.fixture(scope="session")
-def postgres(tmp_path_factory: pytest.TempPathFactory):
+def postgres():
     """A throwaway PostgreSQL cluster shared by the session: its URL (without a database
     name), removed afterwards. Tests that stop the server use `postgres_cluster`."""
-    cluster = PostgresCluster(tmp_path_factory.mktemp("pg"))
+    cluster = PostgresCluster(_cluster_dir())
     url = PostgresUrl(cluster.url)
     url.cluster = cluster
     try:
@@ -165,9 +174,9 @@ def postgres(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture
-def postgres_cluster(tmp_path_factory: pytest.TempPathFactory):
+def postgres_cluster():
     """A PostgreSQL cluster of the test's own, which it may stop and start."""
-    cluster = PostgresCluster(tmp_path_factory.mktemp("pg_own"))
+    cluster = PostgresCluster(_cluster_dir())
     try:
         yield cluster
     finally:
