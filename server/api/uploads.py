@@ -7,6 +7,7 @@ from litestar import Request
 from litestar.datastructures import UploadFile
 
 from server.api.errors import ApiError
+from server.files import is_no_space
 
 RAW_TYPES = ("image/png", "image/jpeg", "application/dicom", "application/octet-stream")
 
@@ -14,7 +15,17 @@ RAW_TYPES = ("image/png", "image/jpeg", "application/dicom", "application/octet-
 async def read_upload(request: Request) -> tuple[bytes, str]:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "multipart/form-data":
-        form = await request.form()
+        try:
+            form = await request.form()  # a file part over 1 MiB is spooled to a temp file
+        except OSError as exc:
+            if not is_no_space(exc):
+                raise
+            raise ApiError(
+                507,
+                "storage_full",
+                "no room left on this server to receive the upload; retry later, or send "
+                "the image as the raw body (Content-Type image/png, image/jpeg, ...)",
+            ) from None
         # One of each: a second image or title is refused, not silently dropped.
         images, titles = form.getall("image", []), form.getall("title", [])
         image = images[0] if len(images) == 1 else None

@@ -6,7 +6,7 @@ server keeps its throughput for the work it accepted. An analysis counts from ad
 number of analyses ahead of it, in batches of `max_batch` per instance, times how long such
 a batch takes lately (measured per batch size by the batcher, first at warm-up). Past
 `budget_s`, or past `max_in_flight` analyses, the caller gets Overloaded (503) with a
-Retry-After of when the queue should have drained enough. A draining server (SIGTERM)
+Retry-After of when the analyses in flight should be done. A draining server (SIGTERM)
 admits nothing new while what it admitted finishes.
 """
 
@@ -57,6 +57,12 @@ class Admission:
             wait += self._batch_seconds(rest)
         return wait
 
+    def drain_time(self) -> float:
+        """Seconds until the analyses now in flight are done: a refused caller's Retry-After.
+        Sooner, the queue it left would still be there (on an overloaded server the
+        refused would only come back to be refused again, each time costing an upload)."""
+        return self.expected_wait(self.in_flight)
+
     def _refuse(self, reason: str, retry_after: float, code: str = "overloaded") -> Overloaded:
         if self._on_refused is not None:
             self._on_refused(code)
@@ -77,16 +83,13 @@ class Admission:
                     f"{self.in_flight} analyses are in progress and this request adds {count}: "
                     f"over the {self.max_in_flight} this server takes at once"
                 )
-            raise self._refuse(
-                reason,
-                self.expected_wait(ahead) - self.budget_s + self._batch_seconds(self.capacity),
-            )
+            raise self._refuse(reason, self.drain_time())
         wait = self.expected_wait(ahead)
         if wait > self.budget_s:
             raise self._refuse(
                 f"the expected wait ({wait:.1f} s) is over this server's budget "
                 f"({self.budget_s:.1f} s)",
-                wait - self.budget_s + self._batch_seconds(self.capacity),
+                self.drain_time(),
             )
 
     @contextmanager

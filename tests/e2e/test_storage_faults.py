@@ -74,6 +74,13 @@ def test_a_full_file_system_answers_507_and_keeps_no_part_of_the_study(
             assert r.json()["code"] == "storage_full"
             assert studies_on_disk(data) == {kept.json()["id"]} == study_rows(data)
             assert not list((data / "media").rglob(".*")), "no temporary file left"
+        # A multipart file part over 1 MiB is spooled to a temporary file before any
+        # analysis: with no room for it, the same 507, not a 500.
+        big = noise(2000)
+        assert len(big) > FILE_LIMIT
+        r = h.post("/api/v1/predictions", files={"image": ("big.png", big, "image/png")})
+        assert r.status_code == 507, r.text
+        assert r.json()["code"] == "storage_full"
         # Unstored analyses need no room; the server is still up and well.
         assert post_image(h, noise(1200), heatmap="none").status_code == 200
         assert h.get("/health/ready").status_code == 200
