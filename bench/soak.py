@@ -6,10 +6,11 @@ default), watching its memory and checking every answer.
 Workers (threads, one HTTP connection each) loop over a mix: anonymous analyses, signed-in
 analyses (stored studies), history pages, study reads (one's own, and another user's, which
 must answer 404), deletes, bad files and decompression bombs. Every answer's status is
-counted; every analysis is checked against the probabilities its image gave alone at the
-start (no mix-ups); at the end each user's history must hold exactly the studies the
-workers created and did not delete (none lost, none foreign). The server's RSS is sampled
-every few seconds. A refusal (503) is counted and its Retry-After honoured.
+counted; every analysis is checked against its image (each image has its own size, which
+the answer echoes) and the probabilities it gave alone at the start (no mix-ups); at the
+end each user's history must hold exactly the studies the workers created and did not
+delete (none lost, none foreign). The server's RSS is sampled every few seconds. A refusal
+(503) is counted and its Retry-After honoured.
 
 Writes bench/results/soak-<machine>-<date>.{json,md,png}.
 """
@@ -157,6 +158,10 @@ class Tally:
                 self.unexpected.append(problem)
 
 
+def size_of(k: int) -> int:
+    return 1024 + 8 * k
+
+
 def probabilities(body: bytes) -> list[float]:
     return [f["probability"] for f in json.loads(body)["findings"]]
 
@@ -188,15 +193,20 @@ def worker(
                 "POST", "/api/v1/predictions?heatmap=none", images[k], headers
             )
             if status == 200:
-                probs = probabilities(body)
+                answer = json.loads(body)
+                probs = [f["probability"] for f in answer["findings"]]
                 off = float(np.abs(np.asarray(probs) - reference[k]).max())
-                if off > MIXUP_TOLERANCE:
-                    problem = f"{action}: image {k} answered {off:.4f} away from its own answer"
+                width = answer["image"]["width"]
+                if off > MIXUP_TOLERANCE or width != size_of(k):
+                    problem = (
+                        f"{action}: image {k} ({size_of(k)} px) answered as {width} px, "
+                        f"{off:.4f} away from its own answer"
+                    )
                     with tally.lock:
                         tally.mixups += 1
                 if action == "signed_in":
                     with me.lock:
-                        me.studies[json.loads(body)["id"]] = (k, probs)
+                        me.studies[answer["id"]] = (k, probs)
         elif action == "history":
             status, h, body = http_.request("GET", "/api/v1/studies?per_page=20", headers=auth)
         elif action in ("read_own", "read_other", "delete"):
@@ -331,9 +341,9 @@ def markdown(report: dict) -> str:
         "",
         f"Analyses answered: {report['analyses']} ({report['analyses_per_s']:.2f}/s). "
         f"Unexpected answers: {report['unexpected_count']}. Mixed-up answers: "
-        f"{report['mixups']} (an answer more than {report['mixup_tolerance']} from its image's "
-        f"answer alone; the closest two images' answers differ by "
-        f"{report['closest_images_differ_by']:.4f}).",
+        f"{report['mixups']} (an answer for another image's size, or more than "
+        f"{report['mixup_tolerance']} from its image's answer alone; the closest two images' "
+        f"answers differ by {report['closest_images_differ_by']:.4f}).",
         "",
         f"Server log: {report['server_tracebacks']} tracebacks, "
         f"{report['server_errors_logged']} ERROR lines.",
@@ -391,7 +401,9 @@ def main() -> int:
     p.add_argument("--set", action="append", default=[], metavar="CHEXRAY_X=V")
     args = p.parse_args()
 
-    images = [xray_png(i) for i in range(args.images)]
+    # Each image its own size: the size every answer echoes says whose answer it is, however
+    # alike the model's probabilities for them are (an untrained ensemble's barely differ).
+    images = [xray_png(i, size_of(i)) for i in range(args.images)]
     junk, bomb_files = bad_files(images[0]), bombs()
     port = free_port()
     data = Path(tempfile.mkdtemp(prefix="chexray-soak-"))
