@@ -4,7 +4,6 @@ finish while new ones get 503."""
 
 from __future__ import annotations
 
-import json
 import signal
 import socket
 import time
@@ -15,46 +14,9 @@ import httpx
 
 from tests.support.api import post_image, xray
 from tests.support.server_process import running_server
+from tests.support.slow_uploads import finish_upload, start_upload, wait_in_flight
 
 UPLOAD = xray(seed=7, size=(256, 256))
-
-
-def start_upload(base: str, body: bytes) -> socket.socket:
-    """Send a prediction's headers and half its body, then pause: a slow client, admitted
-    and holding its place."""
-    url = urlsplit(base)
-    sock = socket.create_connection((url.hostname, url.port), timeout=30)
-    head = (
-        "POST /api/v1/predictions?heatmap=none HTTP/1.1\r\n"
-        f"Host: {url.netloc}\r\nContent-Type: image/png\r\n"
-        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-    )
-    sock.sendall(head.encode() + body[: len(body) // 2])
-    return sock
-
-
-def finish_upload(sock: socket.socket, body: bytes) -> tuple[int, dict]:
-    sock.sendall(body[len(body) // 2 :])
-    raw = b""
-    while chunk := sock.recv(65536):
-        raw += chunk
-    sock.close()
-    head, _, payload = raw.partition(b"\r\n\r\n")
-    return int(head.split()[1]), json.loads(payload)
-
-
-def in_flight(base: str) -> float:
-    for line in httpx.get(base + "/metrics").text.splitlines():
-        if line.startswith("chexray_engine_in_flight{"):
-            return float(line.rsplit(" ", 1)[1])
-    raise AssertionError("no chexray_engine_in_flight metric")
-
-
-def wait_in_flight(base: str, n: int) -> None:
-    deadline = time.monotonic() + 10
-    while in_flight(base) != n:
-        assert time.monotonic() < deadline, f"never {n} analyses in flight"
-        time.sleep(0.05)
 
 
 def test_over_budget_is_refused_before_the_body_is_read(tiny_repo: Path, tmp_path: Path) -> None:

@@ -13,7 +13,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -27,6 +26,7 @@ from tests.support.api import post_image
 from tests.support.images import anatomy, dicom, jpeg, png
 from tests.support.oip import OUTPUTS, assert_like_api_v1
 from tests.support.server_process import free_port, running_server
+from tests.support.slow_uploads import finish_upload, start_upload, wait_in_flight
 
 grpcclient = pytest.importorskip("tritonclient.grpc")
 httpclient = pytest.importorskip("tritonclient.http")
@@ -307,42 +307,6 @@ def test_requests_of_every_protocol_share_one_batch(
         assert_like_api_v1(every_output(result), [ref])
 
 
-def in_flight(base: str) -> float:
-    for line in httpx.get(base + "/metrics").text.splitlines():
-        if line.startswith("chexray_engine_in_flight{"):
-            return float(line.rsplit(" ", 1)[1])
-    raise AssertionError("no chexray_engine_in_flight metric")
-
-
-def wait_in_flight(base: str, n: int) -> None:
-    deadline = time.monotonic() + 10
-    while in_flight(base) != n:
-        assert time.monotonic() < deadline, f"never {n} analyses in flight"
-        time.sleep(0.05)
-
-
-def start_upload(base: str, body: bytes) -> socket.socket:
-    """A slow /api/v1 client: headers and half its body, then a pause, holding its place."""
-    url = urlsplit(base)
-    sock = socket.create_connection((url.hostname, url.port), timeout=30)
-    head = (
-        "POST /api/v1/predictions?heatmap=none HTTP/1.1\r\n"
-        f"Host: {url.netloc}\r\nContent-Type: image/png\r\n"
-        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-    )
-    sock.sendall(head.encode() + body[: len(body) // 2])
-    return sock
-
-
-def finish_upload(sock: socket.socket, body: bytes) -> bytes:
-    sock.sendall(body[len(body) // 2 :])
-    raw = b""
-    while chunk := sock.recv(65536):
-        raw += chunk
-    sock.close()
-    return raw
-
-
 def test_admission_is_shared_by_every_protocol(tiny_repo: Path, tmp_path: Path) -> None:
     """A budget of 0 s: while one /api/v1 analysis is in progress, both OIP front ends are
     refused, each in its own form; once it is done they are served again."""
@@ -363,7 +327,7 @@ def test_admission_is_shared_by_every_protocol(tiny_repo: Path, tmp_path: Path) 
                 rpc.infer(MODEL, [images(grpcclient, FILES[:1])])
             assert info.value.status() == str(grpc.StatusCode.UNAVAILABLE)
             assert info.value.message().startswith("overloaded: ")
-            assert finish_upload(slow, FILES[0]).startswith(b"HTTP/1.1 200")
+            assert finish_upload(slow, FILES[0])[0] == 200
             wait_in_flight(base, 0)
             answer = rpc.infer(MODEL, [images(grpcclient, FILES[:1])])
             assert answer.as_numpy("present").shape == (1, 5)
