@@ -21,7 +21,17 @@ from prometheus_client import CollectorRegistry
 
 from chexray import __version__
 from server import tracing
-from server.api import accounts, legacy, oip_grpc, oip_rest, operations, predictions, studies, web
+from server.api import (
+    accounts,
+    keys,
+    legacy,
+    oip_grpc,
+    oip_rest,
+    operations,
+    predictions,
+    studies,
+    web,
+)
 from server.api.deps import DEPENDENCIES
 from server.api.errors import EXCEPTION_HANDLERS
 from server.api.middleware import HttpMetrics, TrustedProxies, request_context, security_headers
@@ -54,6 +64,9 @@ ROUTES = [
     accounts.patch_me,
     accounts.change_password,
     accounts.delete_me,
+    keys.create_key,
+    keys.list_keys,
+    keys.revoke_key,
     studies.list_studies,
     studies.get_study,
     studies.delete_study,

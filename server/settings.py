@@ -76,6 +76,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     database_url: str = ""  # empty: sqlite:///<data_dir>/chexray.db
     cors_origins: tuple[str, ...] = ()
     token_lifetime_hours: float = 24 * 14
+    # Inference for signed-in callers only (a bearer token, the session cookie or an API
+    # key), on every protocol: REST, the legacy API, /v2 and gRPC. Health, readiness,
+    # metrics and model metadata stay open.
+    require_auth: bool = False
+    # API keys (inference only) one account may hold at once; 0: none can be created.
+    api_keys_per_user: int = 20
     # Sign-in limits, N per S seconds (server/api/ratelimit.py): attempts (log in, register,
     # password change) per client address, and failed ones per username and address.
     auth_rate_limit: str = "10/60"
@@ -196,7 +202,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         for name in ("anonymous_ttl_hours", "sweep_interval_minutes", "orphan_grace_minutes"):
             if not getattr(self, name) > 0:
                 raise SettingsError(f"{PREFIX}{name.upper()} must be more than 0", name)
-        for name in ("anonymous_max_studies", "anonymous_hourly_per_address"):
+        for name in ("anonymous_max_studies", "anonymous_hourly_per_address", "api_keys_per_user"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{PREFIX}{name.upper()} must be >= 0", name)
         if not 0.0 <= self.heatmap_alpha <= 1.0:

@@ -159,9 +159,13 @@ async def logout(auth: AuthDep, service: ServiceDep) -> Response[None]:
 
 
 @get("/api/v1/auth/session", tags=["accounts"], security=ANYONE, responses=errors(*SIGNED_IN))
-async def session(principal: PrincipalDep, service: ServiceDep) -> SessionOut:
-    """Who is signed in, if anyone (200 either way; the web app asks this at start)."""
-    return SessionOut(await profile(service, principal.user) if principal else None)
+async def session(
+    principal: PrincipalDep, service: ServiceDep, settings: SettingsDep
+) -> SessionOut:
+    """Who is signed in, if anyone (200 either way; the web app asks this at start), and
+    whether analyses need a signed-in caller (CHEXRAY_REQUIRE_AUTH)."""
+    user = await profile(service, principal.user) if principal else None
+    return SessionOut(user, settings.require_auth)
 
 
 @get("/api/v1/me", tags=["accounts"], security=SIGNED_IN_ONLY, responses=errors(*SIGNED_IN))

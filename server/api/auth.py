@@ -1,6 +1,11 @@
-"""Who is calling: a bearer token (Authorization: Bearer, or the legacy Token scheme), or
-the web app's HttpOnly session cookie, which must come with a matching CSRF header on
-unsafe methods. Dependencies `principal` (optional) and `auth` (required)."""
+"""Who is calling: a bearer token (Authorization: Bearer, or the legacy Token scheme), an
+API key (`chx_...`, in Authorization: Bearer or X-API-Key), or the web app's HttpOnly
+session cookie, which must come with a matching CSRF header on unsafe methods.
+Dependencies `principal` (optional) and `auth` (required).
+
+An API key is good for inference only: a route takes one only when its handler says so
+(`opt=API_KEYS`); any other route that reads the caller answers 403 `key_scope`. With
+CHEXRAY_REQUIRE_AUTH, inference routes refuse anonymous callers (`require_caller`)."""
 
 from __future__ import annotations
 
@@ -14,29 +19,62 @@ from litestar.di import NamedDependency
 
 from server.api.errors import ApiError
 from server.api.middleware import parse_address
+from server.errors import Unauthenticated
 from server.service import Principal, Service
+from server.service.accounts import is_api_key, unknown_credential
 from server.settings import Settings
 
 SESSION_COOKIE = "chexray_session"
 CSRF_COOKIE = "chexray_csrf"
 CSRF_HEADER = "x-csrf-token"
+API_KEY_HEADER = "x-api-key"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+CHALLENGE = {"WWW-Authenticate": "Bearer"}
+# A route handler's `opt` that lets API keys in (inference routes only).
+API_KEYS = {"api_keys": True}
+
+
+def credential(authorization: str | None, api_key: str | None) -> str | None:
+    """The credential in an Authorization value ('Bearer <token or key>', or the legacy
+    'Token <token>') or an X-API-Key value (a key); None when neither is sent. Any
+    protocol's headers or metadata; Unauthenticated `invalid_credentials` when malformed."""
+    if authorization is not None and api_key is not None:
+        raise Unauthenticated(
+            "invalid_credentials", "send one credential: Authorization or X-API-Key, not both"
+        )
+    if api_key is not None:
+        raw = api_key.strip()
+        if not is_api_key(raw):
+            raise Unauthenticated(
+                "invalid_credentials",
+                "X-API-Key takes an API key (chx_...); send tokens as 'Authorization: Bearer'",
+            )
+        return raw
+    if authorization is None:
+        return None
+    scheme, _, raw = authorization.strip().partition(" ")
+    if scheme.lower() not in ("bearer", "token") or not raw.strip():
+        raise Unauthenticated(
+            "invalid_credentials",
+            "Authorization must be 'Bearer <token or API key>' (or 'Token <token>')",
+        )
+    return raw.strip()
 
 
 def _credential(request: Request) -> tuple[str, str] | None:
-    header = request.headers.get("authorization")
-    if header:
-        scheme, _, raw = header.strip().partition(" ")
-        if scheme.lower() not in ("bearer", "token") or not raw.strip():
-            raise ApiError(
-                401,
-                "invalid_credentials",
-                "Authorization must be 'Bearer <token>' (or 'Token <token>')",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
-        return raw.strip(), "header"
+    try:
+        raw = credential(request.headers.get("authorization"), request.headers.get(API_KEY_HEADER))
+    except Unauthenticated as exc:
+        raise ApiError(401, exc.code, exc.message, headers=CHALLENGE) from None
+    if raw is not None:
+        return raw, "header"
     cookie = request.cookies.get(SESSION_COOKIE)
     return (cookie, "cookie") if cookie else None
+
+
+def keys_allowed(request: Request) -> bool:
+    handler = request.scope.get("route_handler")
+    return bool(handler is not None and handler.opt.get("api_keys"))
 
 
 async def provide_principal(
@@ -48,11 +86,14 @@ async def provide_principal(
     raw, via = found
     principal = await service.accounts.principal(raw)
     if principal is None:
+        exc = unknown_credential(raw)
+        raise ApiError(401, exc.code, exc.message, headers=CHALLENGE)
+    if principal.by_key and not keys_allowed(request):
         raise ApiError(
-            401,
-            "invalid_token",
-            "the token is unknown, expired or revoked: log in again",
-            headers={"WWW-Authenticate": "Bearer"},
+            403,
+            "key_scope",
+            "an API key may only run inference (predictions, uploads, /v2 and gRPC); sign in "
+            "with a password for accounts, keys and studies",
         )
     if via == "cookie" and request.method not in SAFE_METHODS:
         sent = request.headers.get(CSRF_HEADER, "")
@@ -67,13 +108,25 @@ async def provide_principal(
     return principal
 
 
+NOT_AUTHENTICATED = (
+    "this server analyses X-rays for signed-in callers only: send "
+    "'Authorization: Bearer <token or API key>' or 'X-API-Key: <API key>'"
+)
+
+
+def require_caller(principal: Principal | None, settings: Settings) -> None:
+    """An inference route's check: with CHEXRAY_REQUIRE_AUTH, nobody anonymous."""
+    if principal is None and settings.require_auth:
+        raise ApiError(401, "not_authenticated", NOT_AUTHENTICATED, headers=CHALLENGE)
+
+
 async def provide_auth(principal: NamedDependency[Principal | None]) -> Principal:
     if principal is None:
         raise ApiError(
             401,
             "not_authenticated",
             "sign in first: send 'Authorization: Bearer <token>'",
-            headers={"WWW-Authenticate": "Bearer"},
+            headers=CHALLENGE,
         )
     return principal
 

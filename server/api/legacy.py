@@ -17,13 +17,15 @@ from litestar.params import FromPath, JSONBody
 from msgspec import Meta
 
 from server.api.accounts import guard_register, guard_sign_in
-from server.api.auth import client_key
-from server.api.deps import AuthDep, LimiterDep, PrincipalDep, ServiceDep
+from server.api.auth import API_KEYS, client_key, provide_principal, require_caller
+from server.api.deps import AuthDep, LimiterDep, PrincipalDep, ServiceDep, SettingsDep
 from server.api.errors import ApiError
 from server.api.openapi import (
+    INFERENCE,
     SIGNED_IN,
     SIGNED_IN_CHANGE,
     SIGNED_IN_ONLY,
+    SIGNED_IN_OR_KEY,
     UPLOAD,
     UploadOperation,
     errors,
@@ -184,10 +186,13 @@ async def _upload(request: Request, service: ServiceDep, owner_id: int | None) -
     status_code=200,
     tags=TAGS,
     operation_class=UploadOperation,
-    security=SIGNED_IN_ONLY,
+    security=SIGNED_IN_OR_KEY,
+    opt=API_KEYS,
     responses=errors(*UPLOAD, 401, 403, 507),
 )
 async def legacy_upload(request: Request, auth: AuthDep, service: ServiceDep) -> LegacyXray:
+    """Stored in the caller's history (an API key's owner's too: the legacy upload always
+    keeps the study)."""
     return await _upload(request, service, auth.user_id)
 
 
@@ -196,11 +201,19 @@ async def legacy_upload(request: Request, auth: AuthDep, service: ServiceDep) ->
     status_code=200,
     tags=TAGS,
     operation_class=UploadOperation,
-    responses=errors(*UPLOAD, 429, 507),
+    security=INFERENCE,
+    opt=API_KEYS,
+    responses=errors(*UPLOAD, 401, 403, 429, 507),
 )
-async def legacy_anonupload(request: Request, service: ServiceDep) -> LegacyXray:
+async def legacy_anonupload(
+    request: Request, service: ServiceDep, settings: SettingsDep
+) -> LegacyXray:
     """Stored without an owner (the legacy application filed these under user 1), reachable
-    by id, for a limited time (`expires_at`); `delete_token` deletes it sooner."""
+    by id, for a limited time (`expires_at`); `delete_token` deletes it sooner. With
+    CHEXRAY_REQUIRE_AUTH only for callers with a valid credential (the study still has no
+    owner); without it, credentials are not read here, as before."""
+    if settings.require_auth:
+        require_caller(await provide_principal(request, service), settings)
     return await _upload(request, service, None)
 
 

@@ -7,6 +7,11 @@ Errors carry the gRPC status of their kind (bad input INVALID_ARGUMENT, another 
 NOT_FOUND, no room or not ready UNAVAILABLE, with a `retry-after` trailer in seconds) and
 the message "<code>: <message>". A message over CHEXRAY_MAX_REQUEST_BYTES is refused by
 gRPC itself (RESOURCE_EXHAUSTED) before it reaches the service.
+
+ModelInfer reads the caller's credential from the `authorization` metadata ("Bearer
+<token or API key>") or `x-api-key`, as REST reads the headers: a wrong one is
+UNAUTHENTICATED, and so is none with CHEXRAY_REQUIRE_AUTH. The other calls (health,
+metadata, readiness) stay open.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import grpc
 
 from server import tracing
 from server.api import oip
+from server.api.auth import API_KEY_HEADER, NOT_AUTHENTICATED, credential
 from server.api.middleware import SAFE_ID
 from server.api.oip_proto import grpc_predict_v2_pb2 as pb
 from server.api.oip_proto import grpc_predict_v2_pb2_grpc as pb_grpc
@@ -35,7 +41,8 @@ from server.errors import (
     UnprocessableInput,
     UnsupportedInput,
 )
-from server.service import Service
+from server.service import Principal, Service
+from server.service.accounts import Accounts, unknown_credential
 from server.service.inference import Inference, InferRequest, Tensor, TensorMeta
 from server.settings import Settings
 
@@ -157,9 +164,35 @@ def infer_request(msg: pb.ModelInferRequest) -> InferRequest:
     return InferRequest(msg.model_name, tuple(tensors), msg.model_version, outputs, msg.id)
 
 
+def _metadata_value(context: grpc.aio.ServicerContext, name: str) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == name and isinstance(value, str):
+            return value
+    return None
+
+
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, inference: Inference) -> None:
+    def __init__(
+        self, inference: Inference, accounts: Accounts, require_auth: bool = False
+    ) -> None:
         self.inference = inference
+        self.accounts = accounts
+        self.require_auth = require_auth
+
+    async def caller(self, context: grpc.aio.ServicerContext) -> Principal | None:
+        """Who calls, from the metadata; Unauthenticated for a wrong credential, or for none
+        when the server requires one. Any credential is good for inference, API keys too."""
+        raw = credential(
+            _metadata_value(context, "authorization"), _metadata_value(context, API_KEY_HEADER)
+        )
+        if raw is None:
+            if self.require_auth:
+                raise Unauthenticated("not_authenticated", NOT_AUTHENTICATED)
+            return None
+        principal = await self.accounts.principal(raw)
+        if principal is None:
+            raise unknown_credential(raw)
+        return principal
 
     @_rpc
     async def ServerLive(self, request, context) -> pb.ServerLiveResponse:
@@ -194,6 +227,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @_rpc
     async def ModelInfer(self, request, context) -> pb.ModelInferResponse:
+        await self.caller(context)
         # The message has arrived whole (gRPC bounds it): the whole request is admitted now.
         answer = await self.inference.infer(infer_request(request))
         return pb.ModelInferResponse(
@@ -227,7 +261,8 @@ async def start(service: Service, settings: Settings) -> grpc.aio.Server:
         ],
         maximum_concurrent_rpcs=settings.max_connections,
     )
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(service.inference), server)
+    servicer = InferenceServicer(service.inference, service.accounts, settings.require_auth)
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
     where = address(settings)
     try:
         port = server.add_insecure_port(where)

@@ -13,6 +13,10 @@ An inference body is JSON, or JSON followed by raw tensors when the request carr
 raw the same way when asked (`"binary_data": true` per output, or `"binary_data_output":
 true` for all). In JSON, each BYTES element is a base64 string: an encoded file is no text.
 Errors are `{"error": "<code>: <message>"}`.
+
+Inference reads the caller's credential as /api/v1 does (a bearer token or API key in
+Authorization, or X-API-Key); with CHEXRAY_REQUIRE_AUTH an anonymous one gets 401
+`not_authenticated`. Health, metadata and readiness stay open.
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.params import FromPath
 
 from server.api import oip
-from server.api.deps import ServiceDep, SettingsDep
+from server.api.auth import API_KEYS, require_caller
+from server.api.deps import PrincipalDep, ServiceDep, SettingsDep
 from server.api.errors import STATUS_CODES, ApiError, request_id, status_of
 from server.errors import ChexrayError, InvalidInput, TooLarge
 from server.service import Service
@@ -139,26 +144,39 @@ async def model_version_ready(
 # -- inference -----------------------------------------------------------------------------
 
 
-@post("/models/{model_name:str}/infer", tags=TAGS, status_code=200)
+@post("/models/{model_name:str}/infer", tags=TAGS, status_code=200, opt=API_KEYS)
 async def infer(
-    request: Request, service: ServiceDep, settings: SettingsDep, model_name: FromPath[str]
+    request: Request,
+    service: ServiceDep,
+    settings: SettingsDep,
+    principal: PrincipalDep,
+    model_name: FromPath[str],
 ) -> Response:
     """Inference: input `image` (BYTES [-1], one encoded PNG, JPEG or DICOM per element;
     base64 in JSON, raw with the binary extension) or `pixels` (UINT8 [-1, H, W], at the
     model's input size); outputs as asked, all when none are named. 503 with Retry-After
-    when the wait would exceed the server's budget."""
+    when the wait would exceed the server's budget. Credentials as for /api/v1 (a bearer
+    token or API key; needed with CHEXRAY_REQUIRE_AUTH); nothing is stored."""
+    require_caller(principal, settings)
     return await _infer(request, service, settings, model_name, "")
 
 
-@post("/models/{model_name:str}/versions/{model_version:str}/infer", tags=TAGS, status_code=200)
+@post(
+    "/models/{model_name:str}/versions/{model_version:str}/infer",
+    tags=TAGS,
+    status_code=200,
+    opt=API_KEYS,
+)
 async def infer_version(
     request: Request,
     service: ServiceDep,
     settings: SettingsDep,
+    principal: PrincipalDep,
     model_name: FromPath[str],
     model_version: FromPath[str],
 ) -> Response:
     """Inference on one version of the model (the one served; 404 for another)."""
+    require_caller(principal, settings)
     return await _infer(request, service, settings, model_name, model_version)
 
 

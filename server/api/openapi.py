@@ -39,13 +39,15 @@ ERROR_CODES: dict[int, str] = {
     400: "the request does not match the schema (`invalid_request`, `detail` says where) "
     "or lacks what the route needs (`empty_image`, `missing_image`, `invalid_title`, "
     "`heatmap_url_needs_storage`)",
-    401: "no valid credential: `not_authenticated`, `invalid_token` (unknown, expired or "
-    "revoked), `invalid_credentials` (a malformed Authorization header, or a wrong username "
-    "or password)",
-    403: "`csrf_failed` (a cookie-authenticated change without X-CSRF-Token), "
-    "`cross_site_sign_in` (a cookie log-in from another site)",
+    401: "no valid credential: `not_authenticated` (none sent, where one is needed: "
+    "inference too with CHEXRAY_REQUIRE_AUTH), `invalid_token` (unknown, expired or "
+    "revoked), `invalid_api_key` (unknown or revoked), `invalid_credentials` (a malformed "
+    "Authorization or X-API-Key header, or a wrong username or password)",
+    403: "`key_scope` (an API key used beyond inference), `csrf_failed` (a "
+    "cookie-authenticated change without X-CSRF-Token), `cross_site_sign_in` (a cookie "
+    "log-in from another site)",
     404: "`not_found` (missing, or another user's), `unknown_finding`",
-    409: "`username_taken`",
+    409: "`username_taken`, `key_limit` (the most API keys an account may hold)",
     413: "`image_too_large`, `image_too_many_pixels`, `payload_too_large`",
     415: "`unsupported_format` (not a PNG, JPEG or DICOM, judged from the content), "
     "`unsupported_transfer_syntax`, `unsupported_media_type` (the Content-Type)",
@@ -67,8 +69,9 @@ def errors(*statuses: int) -> dict[int, ResponseSpec]:
     }
 
 
-# Every route that reads a credential can refuse it, and needs the database.
-SIGNED_IN = (401, 503)
+# Every route that reads a credential can refuse it (an API key beyond inference: 403), and
+# needs the database.
+SIGNED_IN = (401, 403, 503)
 # ... and a change made with the session cookie needs the CSRF header.
 SIGNED_IN_CHANGE = (401, 403, 503)
 # A route that reads an X-ray (server/api/uploads.py) and runs the engine.
@@ -79,13 +82,22 @@ NOT_READY = {
 
 BEARER = "bearer"
 SESSION = "session"
+API_KEY = "api_key"
 SECURITY_SCHEMES = Components(
     security_schemes={
         BEARER: SecurityScheme(
             type="http",
             scheme="bearer",
             description="A token from POST /api/v1/auth/login (the legacy API's "
-            "`Authorization: Token <key>` works too).",
+            "`Authorization: Token <key>` works too), or an API key (`chx_...`, from POST "
+            "/api/v1/me/keys; inference only).",
+        ),
+        API_KEY: SecurityScheme(
+            type="apiKey",
+            name="X-API-Key",
+            security_scheme_in="header",
+            description="An API key (`chx_...`) from POST /api/v1/me/keys: good for "
+            "inference only (predictions, uploads, /v2, gRPC); elsewhere 403 `key_scope`.",
         ),
         SESSION: SecurityScheme(
             type="apiKey",
@@ -100,6 +112,9 @@ SECURITY_SCHEMES = Components(
 SIGNED_IN_ONLY: list[SecurityRequirement] = [{BEARER: []}, {SESSION: []}]
 # Anyone; a signed-in caller is recognised (their prediction is kept, their study shown).
 ANYONE: list[SecurityRequirement] = [{}, {BEARER: []}, {SESSION: []}]
+# Inference: anyone (unless CHEXRAY_REQUIRE_AUTH), signed in, or with an API key.
+INFERENCE: list[SecurityRequirement] = [*ANYONE, {API_KEY: []}]
+SIGNED_IN_OR_KEY: list[SecurityRequirement] = [*SIGNED_IN_ONLY, {API_KEY: []}]
 
 _BINARY = Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.BINARY)
 IMAGE_TYPES = ("image/png", "image/jpeg", "application/dicom", "application/octet-stream")

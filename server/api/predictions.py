@@ -7,10 +7,10 @@ from typing import Literal
 from litestar import Request, post
 from litestar.params import Parameter
 
-from server.api.auth import client_key
-from server.api.deps import PrincipalDep, ServiceDep
+from server.api.auth import API_KEYS, client_key, require_caller
+from server.api.deps import PrincipalDep, ServiceDep, SettingsDep
 from server.api.errors import ApiError
-from server.api.openapi import ANYONE, UPLOAD, UploadOperation, errors
+from server.api.openapi import INFERENCE, UPLOAD, UploadOperation, errors
 from server.api.responses import study_out
 from server.api.schemas import StudyOut
 from server.api.uploads import read_upload
@@ -22,15 +22,19 @@ from server.service import AnalyseOptions
     status_code=200,
     tags=["predictions"],
     operation_class=UploadOperation,
-    security=ANYONE,
+    security=INFERENCE,
+    opt=API_KEYS,
     responses=errors(*UPLOAD, 401, 403, 429, 507),
 )
 async def create_prediction(
     request: Request,
     service: ServiceDep,
+    settings: SettingsDep,
     principal: PrincipalDep,
     store: bool = Parameter(
-        default=False, description="keep an anonymous study (reachable by its id, never listed)"
+        default=False,
+        description="keep the study: an anonymous one (reachable by its id, never listed) or, "
+        "with an API key, in the key owner's history",
     ),
     heatmap: Literal["inline", "url", "none"] | None = Parameter(
         default=None,
@@ -45,14 +49,19 @@ async def create_prediction(
     """Analyse a chest X-ray: PNG, JPEG or DICOM, as multipart (`image` file, optional
     `title`) or as the raw body (`image/png`, `image/jpeg`, `application/dicom`).
 
-    Signed-in users' predictions become studies in their history; anonymous ones are
-    stored only with `store=true`, for a limited time (`expires_at`), and their answer
-    carries `delete_token`, the one-time secret that deletes them
-    (`DELETE /api/v1/studies/{id}` with header `X-Delete-Token`). 503 with Retry-After
-    when the wait for the engine would exceed the server's budget.
+    Signed-in users' predictions become studies in their history; with an API key only
+    with `store=true` (then in the key owner's history); anonymous ones are stored only with
+    `store=true`, for a limited time (`expires_at`), and their answer carries
+    `delete_token`, the one-time secret that deletes them (`DELETE /api/v1/studies/{id}`
+    with header `X-Delete-Token`). With CHEXRAY_REQUIRE_AUTH, anonymous callers get 401.
+    503 with Retry-After when the wait for the engine would exceed the server's budget.
     """
-    stored = principal is not None or store
-    mode = heatmap or ("url" if stored else "inline")
+    require_caller(principal, settings)
+    by_key = principal is not None and principal.by_key
+    # A key's predictions are a service's: kept only when asked, and their heatmaps come
+    # inline by default, since a key cannot read a study's URLs.
+    stored = store or (principal is not None and not by_key)
+    mode = heatmap or ("url" if stored and not by_key else "inline")
     if mode == "url" and not stored:
         raise ApiError(
             400,

@@ -60,6 +60,8 @@ class Profile(msgspec.Struct):
 
 class SessionOut(msgspec.Struct):
     user: Profile | None  # None: nobody is signed in
+    # CHEXRAY_REQUIRE_AUTH: analyses need a signed-in caller (the web app asks to sign in)
+    auth_required: bool = False
 
 
 class TokenOut(msgspec.Struct):
@@ -83,6 +85,39 @@ class PasswordChange(msgspec.Struct, forbid_unknown_fields=True):
 
 class PasswordChanged(msgspec.Struct):
     revoked_tokens: int
+
+
+# -- API keys ---------------------------------------------------------------------------
+
+# A key's name: 1-100 characters, none of them a control character (PostgreSQL stores no
+# NUL, and a name is shown in lists).
+KeyName = Annotated[str, Meta(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+" + _END)]
+
+
+class KeyIn(msgspec.Struct, forbid_unknown_fields=True):
+    name: KeyName
+
+
+class KeyOut(msgspec.Struct):
+    id: int
+    name: str
+    prefix: str  # the key's first characters: enough to recognise it, not to use it
+    created_at: dt.datetime
+    last_used_at: dt.datetime | None  # to the minute; None: never used
+
+
+class KeyCreated(msgspec.Struct):
+    id: int
+    name: str
+    prefix: str
+    created_at: dt.datetime
+    last_used_at: dt.datetime | None
+    key: str  # the key itself: shown this once, only its hash is kept
+
+
+class KeyList(msgspec.Struct):
+    keys: list[KeyOut]  # newest first
+    limit: int  # how many keys an account may hold (CHEXRAY_API_KEYS_PER_USER)
 
 
 # -- predictions and studies ------------------------------------------------------------

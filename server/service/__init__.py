@@ -3,7 +3,8 @@ Protocol today; DICOMweb next) translate their requests into these calls and the
 
     Service.predictions  analyse bytes -> Analysis; stored studies, images, heatmaps
     Service.inference    named tensors -> the engine -> named arrays (Open Inference Protocol)
-    Service.accounts     register, sign in, tokens -> Principal, profile, password
+    Service.accounts     register, sign in, tokens and API keys -> Principal, profile,
+                         password
     Service.engines      the engine's state: loading, ready, failed (for readiness)
 """
 
@@ -27,13 +28,14 @@ from server.service.inference import Inference
 from server.service.predictions import AnalyseOptions, Analysis, Predictions, heatmap_file
 from server.service.results import ImageMeta, Result
 from server.settings import Settings
-from server.store.models import User
+from server.store.models import ApiKey, User
 from server.store.store import Store
 
 __all__ = [
     "FINDINGS",
     "AnalyseOptions",
     "Analysis",
+    "ApiKey",
     "Calibration",
     "ImageMeta",
     "Manifest",
@@ -76,7 +78,9 @@ class Service:
             settings.anonymous_max_studies,
             settings.anonymous_hourly_per_address,
         )
-        self.accounts = Accounts(self.store, settings.token_lifetime_hours)
+        self.accounts = Accounts(
+            self.store, settings.token_lifetime_hours, settings.api_keys_per_user
+        )
         self.inference = Inference(self.engines, self.readiness, settings.max_queue)
         self._manifest = manifest
         self._boot: asyncio.Task | None = None

@@ -1,4 +1,5 @@
-"""Users and tokens. Plain functions over a Session; the API calls them in worker threads."""
+"""Users, tokens and API keys. Plain functions over a Session; the API calls them in worker
+threads."""
 
 from __future__ import annotations
 
@@ -9,12 +10,29 @@ import secrets
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, delete, func, select, update
 
-from server.store.models import Study, Token, User, utcnow
+from server.store.models import ApiKey, Study, Token, User, utcnow
 from server.store.passwords import hash_password, needs_rehash, verify_password
+
+# API keys start with this, so that people, logs and secret scanners recognise them, and
+# the server tells them from session tokens (which never start with it).
+KEY_PREFIX = "chx_"
+# How many characters of a key are kept in clear to tell keys apart in a list: the prefix
+# and 6 random characters (36 of the key's 256 random bits).
+SHOWN_CHARS = len(KEY_PREFIX) + 6
+# last_used_at is written at most this often per key.
+LAST_USED_RESOLUTION = dt.timedelta(minutes=1)
 
 
 class UsernameTaken(Exception):
     pass
+
+
+class KeyLimitReached(Exception):
+    pass
+
+
+class UserGone(Exception):
+    """The user was deleted meanwhile."""
 
 
 def _digest(raw: str) -> str:
@@ -59,6 +77,8 @@ def issue_token(
 ) -> tuple[str, Token]:
     """A new 256-bit token; the raw value exists only in the return value."""
     raw = secrets.token_urlsafe(32)
+    while raw.startswith(KEY_PREFIX):  # 1 in 16.7 million: it would read as an API key
+        raw = secrets.token_urlsafe(32)
     token = Token(
         user_id=user_id, token_hash=_digest(raw), kind=kind, expires_at=utcnow() + lifetime
     )
@@ -99,6 +119,66 @@ def revoke_other_tokens(s: Session, user_id: int, keep_token_id: int | None) -> 
     return result.rowcount or 0
 
 
+def create_key(s: Session, user_id: int, name: str, limit: int) -> tuple[str, ApiKey]:
+    """A new API key (256 random bits after KEY_PREFIX); the raw value exists only in the
+    return value. KeyLimitReached when the user has `limit` keys already.
+
+    Two requests at once (on several replicas) cannot both take the last place: on
+    PostgreSQL the user's row is locked first; on SQLite the insert takes the database's
+    write lock before the count, which therefore sees every committed key."""
+    if s.exec(select(User.id).where(User.id == user_id).with_for_update()).first() is None:
+        raise UserGone(user_id)
+    raw = KEY_PREFIX + secrets.token_urlsafe(32)
+    key = ApiKey(user_id=user_id, name=name, key_hash=_digest(raw), prefix=raw[:SHOWN_CHARS])
+    s.add(key)
+    try:
+        s.flush()
+    except IntegrityError:  # the user's row went between the lock and the insert (SQLite)
+        s.rollback()
+        raise UserGone(user_id) from None
+    count = s.exec(select(func.count()).select_from(ApiKey).where(ApiKey.user_id == user_id)).one()
+    if count > limit:
+        s.rollback()
+        raise KeyLimitReached(limit)
+    s.commit()
+    s.refresh(key)
+    return raw, key
+
+
+def list_keys(s: Session, user_id: int) -> list[ApiKey]:
+    return list(
+        s.exec(
+            select(ApiKey).where(ApiKey.user_id == user_id).order_by(col(ApiKey.id).desc())
+        ).all()
+    )
+
+
+def delete_key(s: Session, user_id: int, key_id: int) -> bool:
+    """Revoke (delete) the user's key; False when they have no key of that id."""
+    result = s.exec(delete(ApiKey).where(col(ApiKey.id) == key_id, col(ApiKey.user_id) == user_id))
+    s.commit()
+    return bool(result.rowcount)
+
+
+def user_for_key(s: Session, raw: str) -> tuple[User, ApiKey] | None:
+    """The key's owner and the key, or None. Looked up in the database on every call (no
+    cache): a key revoked on any replica stops working at once."""
+    row = s.exec(
+        select(User, ApiKey)
+        .join(ApiKey, col(ApiKey.user_id) == col(User.id))
+        .where(ApiKey.key_hash == _digest(raw))
+    ).first()
+    if row is None:
+        return None
+    user, key = row
+    now = utcnow()
+    if key.last_used_at is None or now - key.last_used_at >= LAST_USED_RESOLUTION:
+        s.exec(update(ApiKey).where(col(ApiKey.id) == key.id).values(last_used_at=now))
+        s.commit()
+        key.last_used_at = now
+    return user, key
+
+
 def set_password(s: Session, user: User, password: str) -> None:
     user.password_hash = hash_password(password)
     s.add(user)
@@ -125,7 +205,7 @@ def study_count(s: Session, user_id: int) -> int:
 
 
 def delete_user(s: Session, user_id: int) -> list[str]:
-    """Delete the user, their tokens and studies in one transaction; return the ids of the
+    """Delete the user, their tokens, API keys and studies in one transaction; return the ids of the
     studies this deletion removed, so that exactly their files are deleted.
 
     No study can slip past: the user's row is locked first (PostgreSQL), so a study being
@@ -135,6 +215,7 @@ def delete_user(s: Session, user_id: int) -> list[str]:
     s.exec(select(User.id).where(User.id == user_id).with_for_update())
     ids = s.exec(delete(Study).where(col(Study.owner_id) == user_id).returning(col(Study.id))).all()
     s.exec(delete(Token).where(col(Token.user_id) == user_id))
+    s.exec(delete(ApiKey).where(col(ApiKey.user_id) == user_id))
     s.exec(delete(User).where(col(User.id) == user_id))
     s.commit()
     return [row[0] for row in ids]

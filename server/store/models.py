@@ -1,4 +1,5 @@
-"""The database tables: users, their API/session tokens, and studies (one X-ray each)."""
+"""The database tables: users, their session tokens and API keys, and studies (one X-ray
+each)."""
 
 from __future__ import annotations
 
@@ -35,6 +36,23 @@ class Token(SQLModel, table=True):
     created_at: dt.datetime = Field(default_factory=utcnow)
     expires_at: dt.datetime
     revoked_at: dt.datetime | None = None
+
+
+class ApiKey(SQLModel, table=True):
+    """A named API key for a service: inference only (server/api/auth.py). Only its SHA-256
+    is stored; `prefix` (the first characters, not enough to use it) tells keys apart in
+    lists. Revoking deletes the row."""
+
+    __tablename__ = "api_keys"
+
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: int = Field(foreign_key="users.id", index=True, ondelete="CASCADE")
+    name: str = Field(max_length=100)
+    key_hash: str = Field(index=True, unique=True, max_length=64)
+    prefix: str = Field(max_length=16)
+    created_at: dt.datetime = Field(default_factory=utcnow)
+    # Updated at most once a minute per key: a lookup must not become a write per request.
+    last_used_at: dt.datetime | None = None
 
 
 class Study(SQLModel, table=True):

@@ -81,6 +81,7 @@ const MESSAGES = {
   invalid_token: "Your session has ended. Please log in again.",
   csrf_failed: "Your session could not be verified. Reload the page and try again.",
   not_found: "Not found: it may have been deleted, or it belongs to another account.",
+  key_limit: "You have as many API keys as an account may hold. Revoke one you no longer use first.",
 };
 
 export function humanMessage(err) {

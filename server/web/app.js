@@ -6,7 +6,8 @@ import { combined, compose, draw, normalise } from "./heatmap.js";
 
 const FINDINGS = ["Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion"];
 const slug = (f) => f.toLowerCase().replace(/ /g, "_");
-const state = { user: null, models: null };
+// authRequired: the server analyses X-rays for signed-in users only (CHEXRAY_REQUIRE_AUTH).
+const state = { user: null, models: null, authRequired: false };
 const main = document.getElementById("main");
 
 function h(tag, props = {}, ...children) {
@@ -49,7 +50,9 @@ function pct(p) {
 
 async function refreshUser() {
   try {
-    state.user = (await call("GET", "/api/v1/auth/session")).user;
+    const session = await call("GET", "/api/v1/auth/session");
+    state.user = session.user;
+    state.authRequired = Boolean(session.auth_required);
   } catch (err) {
     // A stale or revoked session cookie: treat as signed out.
     if (!(err instanceof ApiError) || err.status !== 401) throw err;
@@ -146,12 +149,17 @@ function home() {
     h("p", { class: "lead", text: "CheXray reads a chest X-ray (PNG, JPEG or DICOM) and estimates, for five findings, how likely each is, whether it is present, and where in the image the evidence lies." }),
     h("ul", { class: "chips" }, FINDINGS.map((f) => h("li", { text: f }))),
     h("p", {}, h("a", { class: "button", href: "#/analyse", text: "Analyse an X-ray" })),
-    h("p", { class: "muted", text: "Five neural networks vote as a weighted ensemble; a sixth draws the heatmaps. Sign in to keep a history of your studies; anonymous analyses are not stored." }),
+    h("p", { class: "muted", text: state.authRequired
+      ? "Five neural networks vote as a weighted ensemble; a sixth draws the heatmaps. This server analyses X-rays for signed-in users only: log in or register first."
+      : "Five neural networks vote as a weighted ensemble; a sixth draws the heatmaps. Sign in to keep a history of your studies; anonymous analyses are not stored." }),
     h("p", { class: "notice" }, h("strong", { text: "Research use only. " }),
       "CheXray is not a medical device: it does not diagnose, and its output must not guide care."));
 }
 
 function analyse() {
+  if (state.authRequired && !state.user) {
+    return login("This server analyses X-rays for signed-in users only. Log in, or register, to analyse an X-ray.");
+  }
   const input = h("input", { type: "file", id: "file", accept: ".png,.jpg,.jpeg,.dcm,.dicom,image/png,image/jpeg,application/dicom" });
   const title = h("input", { type: "text", id: "title", maxlength: "200", placeholder: "e.g. follow-up, left side" });
   const button = h("button", { type: "submit", id: "analyse", disabled: true, text: "Analyse" });
@@ -254,23 +262,30 @@ function fieldErrors(fields, err, box) {
   }
 }
 
+// Go to a page, rendering it again when it is the one shown (no hashchange then).
+function go(hash) {
+  if (location.hash === hash) route();
+  else location.hash = hash;
+}
+
 async function loginWith(username, password) {
   await call("POST", "/api/v1/auth/login", { username, password, cookie: true });
   await refreshUser();
 }
 
-function login() {
+// `note`: why the page asks to sign in, when another page sent the visitor here.
+function login(note = null) {
   const f = {
     username: field("username", "Username", { autocomplete: "username" }),
     password: field("password", "Password", { type: "password", autocomplete: "current-password" }),
   };
   const error = alertBox();
-  page("Log in", h("form", { class: "card", onsubmit: async (e) => {
+  page("Log in", note && h("p", { class: "notice", id: "sign-in-required", text: note }), h("form", { class: "card", onsubmit: async (e) => {
     e.preventDefault();
     error.hidden = true;
     try {
       await loginWith(f.username.input.value.trim(), f.password.input.value);
-      location.hash = "#/analyse";
+      go("#/analyse");
     } catch (err) { fieldErrors({}, err, error); }
   } }, f.username.el, f.password.el, error,
   h("div", { class: "actions" }, h("button", { type: "submit", text: "Log in" })),
@@ -300,7 +315,7 @@ function register() {
     try {
       await call("POST", "/api/v1/auth/register", body);
       await loginWith(body.username, body.password);
-      location.hash = "#/analyse";
+      go("#/analyse");
     } catch (err) { fieldErrors(f, err, error); }
   } }, Object.values(f).map((x) => x.el), error,
   h("div", { class: "actions" }, h("button", { type: "submit", text: "Create account" })),
@@ -402,8 +417,60 @@ async function profile() {
       } catch (err) { fieldErrors(pw, err, error); }
     } }, Object.values(pw).map((f) => f.el), h("div", { class: "actions" }, h("button", { type: "submit", text: "Change password" }))),
     done, error,
+    apiKeys(),
     h("h2", { text: "Delete account" }),
     h("p", { class: "muted", text: "Removes your account, your studies and their images for good." }), del);
+}
+
+// API keys for services: inference only (predictions, /v2, gRPC); each shown once.
+function apiKeys() {
+  const error = alertBox();
+  const list = h("ul", { class: "keys", id: "keys", "aria-label": "API keys" });
+  const fresh = h("div", { class: "ok", id: "new-key", role: "status", hidden: true });
+  const name = field("key_name", "Name", { maxlength: "100", placeholder: "e.g. nightly batch" });
+  const count = h("p", { class: "muted", id: "key-count" });
+
+  async function load() {
+    try {
+      const data = await call("GET", "/api/v1/me/keys");
+      count.textContent = `${data.keys.length} of at most ${data.limit} keys.`;
+      list.replaceChildren(...data.keys.map((k) => {
+        const revoke = h("button", { type: "button", class: "danger small", text: "Revoke", "aria-label": `Revoke the key ${k.name}` });
+        revoke.addEventListener("click", async () => {
+          if (!confirm(`Revoke the key "${k.name}"? Services using it stop working at once.`)) return;
+          try { await call("DELETE", `/api/v1/me/keys/${k.id}`); fresh.hidden = true; await load(); }
+          catch (err) { showError(error, err); }
+        });
+        return h("li", { class: "key", "data-id": String(k.id) },
+          h("div", {},
+            h("strong", { class: "title", text: k.name }), " ",
+            h("code", { text: `${k.prefix}…` }),
+            h("p", { class: "meta", text: `Created ${formatDate(k.created_at)} · ${k.last_used_at ? `last used ${formatDate(k.last_used_at)}` : "never used"}` })),
+          revoke);
+      }));
+      if (!data.keys.length) list.append(h("li", { class: "muted", text: "No API keys yet." }));
+    } catch (err) { showError(error, err); }
+  }
+
+  const form = h("form", { class: "card", id: "key-form", onsubmit: async (e) => {
+    e.preventDefault();
+    error.hidden = true;
+    name.msg.textContent = "";
+    try {
+      const k = await call("POST", "/api/v1/me/keys", { name: name.input.value.trim() });
+      name.input.value = "";
+      fresh.replaceChildren(
+        h("p", { text: `Your new key "${k.name}". Copy it now: it is not shown again.` }),
+        h("code", { class: "secret", id: "new-key-value", text: k.key }));
+      fresh.hidden = false;
+      await load();
+    } catch (err) { fieldErrors({ name: name }, err, error); }
+  } }, name.el, h("div", { class: "actions" }, h("button", { type: "submit", text: "Create key" })));
+  load();
+  return h("section", { "aria-labelledby": "keys-title" },
+    h("h2", { id: "keys-title", text: "API keys" }),
+    h("p", { class: "muted", text: "For services and scripts: a key runs analyses (Authorization: Bearer <key> or X-API-Key) and nothing else. It is shown once, when created." }),
+    count, list, fresh, error, form);
 }
 
 // -- router ----------------------------------------------------------------------------

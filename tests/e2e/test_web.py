@@ -10,9 +10,10 @@ import os
 import shutil
 from pathlib import Path
 
+import httpx
 import pytest
 
-from tests.support.api import PASSWORD, xray
+from tests.support.api import PASSWORD, post_image, xray
 from tests.support.server_process import running_server
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -26,6 +27,14 @@ DESKTOP = {"width": 1280, "height": 860}
 @pytest.fixture(scope="module")
 def base(tiny_repo: Path, tmp_path_factory: pytest.TempPathFactory):
     with running_server(tiny_repo, tmp_path_factory.mktemp("web")) as (url, _):
+        yield url
+
+
+@pytest.fixture(scope="module")
+def strict_base(tiny_repo: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A server that analyses for signed-in callers only (CHEXRAY_REQUIRE_AUTH)."""
+    root = tmp_path_factory.mktemp("web-strict")
+    with running_server(tiny_repo, root, CHEXRAY_REQUIRE_AUTH="true") as (url, _):
         yield url
 
 
@@ -73,8 +82,8 @@ def new_page(browser, base: str):
     """Pages in a fresh browser context (no cookies), closed after the test."""
     contexts = []
 
-    def make(viewport=DESKTOP):
-        context = browser.new_context(viewport=viewport, base_url=base)
+    def make(viewport=DESKTOP, url: str | None = None):
+        context = browser.new_context(viewport=viewport, base_url=url or base)
         contexts.append(context)
         return _page(context)
 
@@ -257,3 +266,73 @@ def test_keyboard_reaches_the_file_chooser(new_page) -> None:
     assert page.get_attribute(".drop", "aria-label") == "Choose or drop an X-ray file"
     for img in page.query_selector_all("img"):
         assert img.get_attribute("alt")
+
+
+def register_in_page(page, username: str) -> None:
+    ready(page, "#/register")
+    page.fill("#username", username)
+    page.fill("#email", f"{username}@example.org")
+    page.fill("#password", PASSWORD)
+    page.fill("#password2", PASSWORD)
+    page.click("text=Create account")
+    page.wait_for_url("**/#/analyse")
+
+
+def test_api_keys_are_made_shown_once_and_revoked_on_the_profile(new_page, base) -> None:
+    page = new_page()
+    page.on("dialog", lambda d: d.accept())
+    register_in_page(page, "keyholder")
+    ready(page, "#/profile")
+    page.wait_for_selector("#keys li:has-text('No API keys yet')")
+    page.fill("#key_name", "nightly batch")
+    page.click("text=Create key")
+    key = page.wait_for_selector("#new-key-value").inner_text().strip()
+    assert key.startswith("chx_") and len(key) == 47
+    page.wait_for_selector("li.key:has-text('nightly batch')")
+    item = page.inner_text("li.key")
+    assert key[:10] in item and key not in item and "never used" in item
+
+    # The key analyses through the API; the list then says it was used.
+    with httpx.Client(base_url=base, timeout=30) as h:
+        r = post_image(h, xray(seed=5), headers={"X-API-Key": key})
+        assert r.status_code == 200, r.text
+        page.reload()
+        page.wait_for_selector("li.key:has-text('last used')")
+        assert page.locator("#new-key-value").count() == 0  # shown once, never again
+        page.click("li.key button:has-text('Revoke')")
+        page.wait_for_selector("#keys li:has-text('No API keys yet')")
+        r = post_image(h, xray(seed=5), headers={"X-API-Key": key})
+        assert r.status_code == 401 and r.json()["code"] == "invalid_api_key"
+    assert page.errors == []
+
+
+def test_with_require_auth_the_app_asks_to_sign_in(new_page, strict_base, files) -> None:
+    page = new_page(url=strict_base)
+    ready(page, "#/")
+    assert "signed-in users only" in page.inner_text("main")
+    page.click("text=Analyse an X-ray")
+    notice = page.wait_for_selector("#sign-in-required")
+    assert "signed-in users only" in notice.inner_text()
+    assert page.locator("#file").count() == 0 and page.is_visible("#password")
+    with httpx.Client(base_url=strict_base, timeout=30) as h:
+        r = post_image(h, xray(seed=6))
+        assert r.status_code == 401 and r.json()["code"] == "not_authenticated"
+        body = {"username": "carol", "email": "carol@example.org"}
+        r = h.post(
+            "/api/v1/auth/register", json={**body, "password": PASSWORD, "password2": PASSWORD}
+        )
+        assert r.status_code == 201, r.text
+    # Signing in on that page leads straight to the analysis, which is then kept.
+    page.fill("#username", "carol")
+    page.fill("#password", PASSWORD)
+    page.click("button:has-text('Log in')")
+    page.wait_for_selector("#file", state="attached")
+    assert "will be saved to your history" in page.inner_text("main")
+    page.set_input_files("#file", str(files["chest"]))
+    page.click("#analyse")
+    page.wait_for_selector("#analysis a[href^='#/study/']:has-text('Saved to your history')")
+    page.click("text=Log out")
+    page.wait_for_selector("nav >> text=Log in")
+    ready(page, "#/analyse")
+    page.wait_for_selector("#sign-in-required")
+    assert page.errors == []

@@ -11,7 +11,7 @@ import pytest
 from tests.support.api import PASSWORD, client, error, register, xray
 
 ERROR_STATUSES = {"400", "401", "403", "404", "409", "413", "415", "422", "429", "503"}
-STRICT_BODIES = ("RegisterIn", "LoginIn", "ProfilePatch", "PasswordChange")
+STRICT_BODIES = ("RegisterIn", "LoginIn", "ProfilePatch", "PasswordChange", "KeyIn")
 
 
 @pytest.fixture
@@ -46,7 +46,8 @@ def test_every_error_answer_is_documented_as_the_error_body(c) -> None:
     assert documented == ERROR_STATUSES
     ops = dict(_operations(schema))
     assert set(ops["POST /api/v1/predictions"]["responses"]) >= {"200", "400", "413", "415"}
-    assert set(ops["GET /api/v1/me"]["responses"]) == {"200", "401", "503"}
+    # 403: an API key is refused beyond inference (key_scope).
+    assert set(ops["GET /api/v1/me"]["responses"]) == {"200", "401", "403", "503"}
     assert ops["GET /health/ready"]["responses"]["503"]["content"]["application/json"][
         "schema"
     ] == {"$ref": "#/components/schemas/Health"}
@@ -77,6 +78,17 @@ def test_uploads_and_credentials_are_documented(c) -> None:
     assert (schemes["session"]["in"], schemes["session"]["name"]) == ("cookie", "chexray_session")
     assert ops["GET /api/v1/me"]["security"] == [{"bearer": []}, {"session": []}]
     assert {} in ops["POST /api/v1/predictions"]["security"]  # anyone; signed in or not
+    # API keys: where inference is, and nowhere else (not on key management itself).
+    assert (schemes["api_key"]["in"], schemes["api_key"]["name"]) == ("header", "X-API-Key")
+    with_keys = {n for n, op in ops.items() if {"api_key": []} in op.get("security", [])}
+    assert with_keys == {
+        "POST /api/v1/predictions",
+        "POST /api/chexray/upload",
+        "POST /api/chexray/anonupload",
+    }
+    for name in ("POST /api/v1/me/keys", "GET /api/v1/me/keys", "DELETE /api/v1/me/keys/{key_id}"):
+        assert ops[name]["security"] == [{"bearer": []}, {"session": []}], name
+    assert set(ops["POST /api/v1/me/keys"]["responses"]) >= {"201", "400", "401", "403", "409"}
     assert "security" not in ops["POST /api/v1/auth/login"]
     for body in STRICT_BODIES:  # forbid_unknown_fields, said in the schema
         assert schema["components"]["schemas"][body]["additionalProperties"] is False, body
