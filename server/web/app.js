@@ -245,7 +245,7 @@ function analyse() {
 }
 
 function field(id, label, attrs = {}) {
-  const input = h("input", { id, name: id, required: true, ...attrs });
+  const input = h("input", { id, name: id, required: true, type: "text", ...attrs });
   const msg = h("span", { class: "field-error", id: `${id}-error`, "aria-live": "polite" });
   input.setAttribute("aria-describedby", `${id}-error`);
   return { input, msg, el: h("div", { class: "field" }, h("label", { for: id, text: label }), input, msg) };
@@ -427,7 +427,7 @@ function apiKeys() {
   const error = alertBox();
   const list = h("ul", { class: "keys", id: "keys", "aria-label": "API keys" });
   const fresh = h("div", { class: "ok", id: "new-key", role: "status", hidden: true });
-  const name = field("key_name", "Name", { maxlength: "100", placeholder: "e.g. nightly batch" });
+  const name = field("key_name", "A new key's name", { maxlength: "100", placeholder: "e.g. nightly batch" });
   const count = h("p", { class: "muted", id: "key-count" });
 
   async function load() {

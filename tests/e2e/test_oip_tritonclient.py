@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from tests.support import ROOT
-from tests.support.api import post_image
+from tests.support.api import PASSWORD, post_image
 from tests.support.images import anatomy, dicom, jpeg, png
 from tests.support.oip import OUTPUTS, assert_like_api_v1
 from tests.support.server_process import free_port, running_server
@@ -69,6 +69,18 @@ def server(tiny_repo: Path, tmp_path_factory: pytest.TempPathFactory):
     port = free_port()
     root = tmp_path_factory.mktemp("oip-e2e")
     with running_server(tiny_repo, root, CHEXRAY_GRPC_PORT=str(port)) as (base, proc):
+        yield Server(base, port)
+        assert proc.poll() is None
+
+
+@pytest.fixture(scope="module")
+def strict_server(tiny_repo: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A server that analyses for signed-in callers only (CHEXRAY_REQUIRE_AUTH)."""
+    port = free_port()
+    root = tmp_path_factory.mktemp("oip-e2e-strict")
+    with running_server(
+        tiny_repo, root, CHEXRAY_GRPC_PORT=str(port), CHEXRAY_REQUIRE_AUTH="true"
+    ) as (base, proc):
         yield Server(base, port)
         assert proc.poll() is None
 
@@ -373,3 +385,76 @@ def test_grpc_port_0_serves_rest_alone(tiny_repo: Path, tmp_path: Path) -> None:
         finally:
             client.close()
         assert proc.poll() is None
+
+
+class BearerAuth:
+    """A tritonclient plugin: every request of the client carries the credential."""
+
+    def __init__(self, credential: str) -> None:
+        self.credential = credential
+
+    def __call__(self, request) -> None:
+        request.headers["authorization"] = f"Bearer {self.credential}"
+
+
+def test_api_keys_over_both_protocols_with_auth_required(strict_server: Server) -> None:
+    """tritonclient sends an API key (or a session token) as a header (HTTP) or the
+    `authorization` metadata (gRPC); without one, inference is refused (401,
+    UNAUTHENTICATED) while health and metadata stay open; a revoked key stops at once."""
+    with httpx.Client(base_url=strict_server.base, timeout=30) as h:
+        body = {"username": "service", "email": "service@example.org"}
+        r = h.post(
+            "/api/v1/auth/register", json={**body, "password": PASSWORD, "password2": PASSWORD}
+        )
+        assert r.status_code == 201, r.text
+        r = h.post("/api/v1/auth/login", json={"username": "service", "password": PASSWORD})
+        token = {"Authorization": f"Bearer {r.json()['token']}"}
+        created = h.post("/api/v1/me/keys", headers=token, json={"name": "triton"}).json()
+        key = created["key"]
+        reference = post_image(h, FILES[0], headers={"X-API-Key": key}, heatmap="none").json()
+
+        grpc_client = grpcclient.InferenceServerClient(strict_server.grpc_url)
+        http_client = httpclient.InferenceServerClient(strict_server.http_url)
+        try:
+            assert grpc_client.is_server_ready() and http_client.is_server_ready()
+            assert grpc_client.get_model_metadata(MODEL, as_json=True)["name"] == MODEL
+            assert http_client.get_model_metadata(MODEL)["name"] == MODEL
+            with pytest.raises(InferenceServerException) as info:
+                grpc_client.infer(MODEL, [images(grpcclient, FILES[:1])])
+            assert info.value.status() == str(grpc.StatusCode.UNAUTHENTICATED)
+            assert info.value.message().startswith("not_authenticated: ")
+            with pytest.raises(InferenceServerException) as info:
+                http_client.infer(MODEL, [images(httpclient, FILES[:1])])
+            assert info.value.status() == "401"
+            assert info.value.message().startswith("not_authenticated: ")
+
+            # A function: tritonclient's HTTP client adds its own headers to the dict given.
+            def auth() -> dict[str, str]:
+                return {"authorization": f"Bearer {key}"}
+
+            result = grpc_client.infer(MODEL, [images(grpcclient, FILES[:1])], headers=auth())
+            assert_like_api_v1(every_output(result), [reference])
+            result = http_client.infer(MODEL, [images(httpclient, FILES[:1])], headers=auth())
+            assert_like_api_v1(every_output(result), [reference])
+            # X-API-Key, and a session token, do as well.
+            result = grpc_client.infer(
+                MODEL, [images(grpcclient, FILES[:1])], headers={"x-api-key": key}
+            )
+            assert result.as_numpy("probabilities").shape == (1, 5)
+            http_client.register_plugin(BearerAuth(token["Authorization"].split()[1]))
+            assert http_client.infer(MODEL, [images(httpclient, FILES[:1])]).as_numpy(
+                "present"
+            ).shape == (1, 5)
+            http_client.unregister_plugin()
+
+            assert h.delete(f"/api/v1/me/keys/{created['id']}", headers=token).status_code == 204
+            with pytest.raises(InferenceServerException) as info:
+                grpc_client.infer(MODEL, [images(grpcclient, FILES[:1])], headers=auth())
+            assert info.value.status() == str(grpc.StatusCode.UNAUTHENTICATED)
+            assert info.value.message().startswith("invalid_api_key: ")
+            with pytest.raises(InferenceServerException) as info:
+                http_client.infer(MODEL, [images(httpclient, FILES[:1])], headers=auth())
+            assert info.value.status() == "401"
+        finally:
+            grpc_client.close()
+            http_client.close()
