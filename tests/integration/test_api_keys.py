@@ -204,6 +204,26 @@ def test_deleting_the_account_deletes_its_keys(c) -> None:
     assert [r.prefix for r in rows(c.database_url)] == [bobs[:10]]
 
 
+def test_a_key_revoked_on_one_replica_is_refused_by_another_at_once(
+    tiny_repo: Path, tmp_path: Path, database_url: str
+) -> None:
+    """Two servers on one database, as replicas behind a load balancer: a key made on one
+    works on the other, and its revocation holds on both from the next request on."""
+    with (
+        client(tiny_repo, tmp_path / "a", database_url) as a,
+        client(tiny_repo, tmp_path / "b", database_url) as b,
+    ):
+        alice = register(a, "alice")
+        created = new_key(a, alice)
+        for _ in range(2):  # a second use too: nothing about the key is kept between requests
+            assert upload(b, bearer(created["key"]))["stored"] is False
+        assert a.delete(f"/api/v1/me/keys/{created['id']}", headers=alice).status_code == 204
+        r = b.post("/api/v1/predictions", headers=bearer(created["key"]), content=xray())
+        error(r, 401, "invalid_api_key")
+        r = b.post(INFER, json=oip_body(xray()), headers={"X-API-Key": created["key"]})
+        assert r.status_code == 401
+
+
 def test_keys_are_limited_per_account(tiny_repo: Path, tmp_path: Path, database_url: str) -> None:
     with client(tiny_repo, tmp_path, database_url, api_keys_per_user=2) as c:
         alice = register(c, "alice")

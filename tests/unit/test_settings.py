@@ -76,3 +76,14 @@ def test_storage_settings() -> None:
         Settings.from_env({"CHEXRAY_ORPHAN_GRACE_MINUTES": "0"})
     with pytest.raises(SettingsError, match="CHEXRAY_ANONYMOUS_MAX_STUDIES must be >= 0"):
         Settings.from_env({"CHEXRAY_ANONYMOUS_MAX_STUDIES": "-1"})
+
+
+def test_authentication_settings() -> None:
+    s = Settings.from_env({})
+    assert (s.require_auth, s.api_keys_per_user) == (False, 20)  # anonymous inference is on
+    s = Settings.from_env({"CHEXRAY_REQUIRE_AUTH": "true", "CHEXRAY_API_KEYS_PER_USER": "0"})
+    assert (s.require_auth, s.api_keys_per_user) == (True, 0)
+    with pytest.raises(SettingsError, match="CHEXRAY_API_KEYS_PER_USER must be >= 0"):
+        Settings.from_env({"CHEXRAY_API_KEYS_PER_USER": "-1"})
+    with pytest.raises(SettingsError, match="CHEXRAY_REQUIRE_AUTH"):
+        Settings.from_env({"CHEXRAY_REQUIRE_AUTH": "perhaps"})
