@@ -17,7 +17,6 @@ import pytest
 
 from tests.support import ROOT
 
-
 _GIVEN: set[int] = set()
 
 
