@@ -162,7 +162,9 @@ def create_app(settings: Settings | None = None, manifest: Manifest | None = Non
                 "settings": settings,
                 "service": service,
                 "registry": registry,
-                "limiter": Limits(settings.rate_limit, settings.account_rate_limit),
+                "limiter": Limits(
+                    settings.rate_limit, settings.account_rate_limit, counts=service.counts
+                ),
             }
         ),
         cors_config=CORSConfig(allow_origins=list(settings.cors_origins))

@@ -74,6 +74,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     data_dir: Path = Path("data")  # SQLite file and media (images, heatmaps)
     database_url: str = ""  # empty: sqlite:///<data_dir>/chexray.db
+    # Where studies' images and heatmaps are kept: files under <data_dir>/media, or rows of
+    # the database (what replicas without a shared volume need; see README, Scaling out).
+    media_store: Literal["folder", "database"] = "folder"
+    # Where the sign-in limits and the anonymous per-address quota are counted: this
+    # process's memory, or the database (shared by the replicas that share it); auto: the
+    # database when it is not SQLite.
+    limits_store: Literal["auto", "memory", "database"] = "auto"
     cors_origins: tuple[str, ...] = ()
     token_lifetime_hours: float = 24 * 14
     # Inference for signed-in callers only (a bearer token, the session cookie or an API
@@ -98,7 +105,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     # Anonymous stored studies (`store=true`, the legacy anonupload): kept this long, at
     # most this many at once (0: never kept), at most this many per client address and
-    # hour, counted per replica (0: no per-address limit).
+    # hour, counted where limits_store says (0: no per-address limit).
     anonymous_ttl_hours: float = 24.0
     anonymous_max_studies: int = 10_000
     anonymous_hourly_per_address: int = 30
@@ -227,6 +234,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def db_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'chexray.db'}"
+
+    @property
+    def shared_limits(self) -> bool:
+        """Whether the limits are counted in the database (limits_store)."""
+        if self.limits_store == "auto":
+            return not self.db_url.startswith("sqlite")
+        return self.limits_store == "database"
 
     @property
     def ort_cache_dir(self) -> Path:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
+import anyio
+import anyio.to_thread
 from litestar import Request, Response, delete, get, patch, post
 from litestar.params import JSONBody
 
@@ -50,41 +52,50 @@ def too_many(wait: float) -> ApiError:
     )
 
 
-@contextmanager
-def counted(start: Callable[[], Attempt]) -> Iterator[None]:
+@asynccontextmanager
+async def counted(start: Callable[[], Attempt]) -> AsyncIterator[None]:
     """Run the body as one counted try (server/api/ratelimit.py): 429 if refused; wrong
-    credentials end it as a failure, no error as a success, anything else as neither."""
+    credentials end it as a failure, no error as a success, anything else as neither. The
+    limits may be counted in the database: their calls run in a worker thread."""
     try:
-        attempt = start()
+        attempt = await anyio.to_thread.run_sync(start)
     except Limited as exc:
         raise too_many(exc.retry_after) from None
     try:
         yield
     except Unauthenticated as exc:
-        if exc.code == "invalid_credentials":
-            attempt.failed()
-        else:
-            attempt.ended_otherwise()
+        failed = exc.code == "invalid_credentials"
+        await _end(attempt.failed if failed else attempt.ended_otherwise)
         raise
     except BaseException:
-        attempt.ended_otherwise()
+        await _end(attempt.ended_otherwise)
         raise
-    attempt.succeeded()
+    await _end(attempt.succeeded)
+
+
+async def _end(end: Callable[[], None]) -> None:
+    # Shielded: a cancelled request still records how its try ended.
+    with anyio.CancelScope(shield=True):
+        await anyio.to_thread.run_sync(end)
 
 
 def guard_sign_in(
     limits: Limits, request: Request, username: str, cookie: bool = False
-) -> AbstractContextManager[None]:
+) -> AbstractAsyncContextManager[None]:
     """Around every log-in, on both APIs: a JSON body from where it may come
     (check_sign_in_request), then the try counted against the limits."""
     check_sign_in_request(request, cookie)
-    return counted(lambda: limits.sign_in(client_key(request), username))
+    client = client_key(request)
+    return counted(lambda: limits.sign_in(client, username))
 
 
-def guard_register(limits: Limits, request: Request, username: str) -> AbstractContextManager[None]:
+def guard_register(
+    limits: Limits, request: Request, username: str
+) -> AbstractAsyncContextManager[None]:
     """Around every registration, on both APIs: as guard_sign_in, counted per client."""
     check_sign_in_request(request, False)
-    return counted(lambda: limits.register(client_key(request), username))
+    client = client_key(request)
+    return counted(lambda: limits.register(client, username))
 
 
 async def profile(service: Service, user: User, count: int | None = None) -> Profile:
@@ -105,7 +116,7 @@ async def register(
 ) -> Profile:
     """Create an account (the legacy application's form: username, email, password,
     password2)."""
-    with guard_register(limiter, request, data.username):
+    async with guard_register(limiter, request, data.username):
         user = await service.accounts.register(
             data.username, data.password, data.password2, data.email, data.full_name
         )
@@ -128,7 +139,7 @@ async def login(
     """Exchange a username and password for a bearer token, or (cookie=true) a session
     cookie for the web app plus the CSRF token to echo in X-CSRF-Token."""
     kind = "session" if data.cookie else "bearer"
-    with guard_sign_in(limiter, request, data.username, data.cookie):
+    async with guard_sign_in(limiter, request, data.username, data.cookie):
         user, raw, token = await service.accounts.sign_in(data.username, data.password, kind)
     body = TokenOut(
         token=None if data.cookie else raw,
@@ -201,7 +212,7 @@ async def change_password(
 ) -> PasswordChanged:
     """Change the password; every other token and session of the account is revoked.
     Limited per client address and per account (wrong current passwords), 429 beyond."""
-    with counted(lambda: limiter.password_change(client_key(request), auth.user_id)):
+    async with counted(lambda: limiter.password_change(client_key(request), auth.user_id)):
         revoked = await service.accounts.change_password(
             auth, data.current_password, data.new_password, data.new_password2
         )

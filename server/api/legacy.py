@@ -131,7 +131,7 @@ TAGS = ["legacy compatibility"]
 async def signup(
     request: Request, data: JSONBody[SignupIn], service: ServiceDep, limiter: LimiterDep
 ) -> SignupOut:
-    with guard_register(limiter, request, data.username):
+    async with guard_register(limiter, request, data.username):
         user = await service.accounts.register(data.username, data.password, data.password2)
     raw, _ = await service.accounts.issue_token(user, "bearer")
     return SignupOut("Successfully registered a new user.", user.username, raw)
@@ -146,7 +146,7 @@ async def signup(
 async def legacy_login(
     request: Request, data: JSONBody[LegacyLoginIn], service: ServiceDep, limiter: LimiterDep
 ) -> LegacyLoginOut:
-    with guard_sign_in(limiter, request, data.username):
+    async with guard_sign_in(limiter, request, data.username):
         user, raw, _ = await service.accounts.sign_in(data.username, data.password, "bearer")
     return LegacyLoginOut(user.id, user.username, raw)
 

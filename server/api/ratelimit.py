@@ -1,4 +1,5 @@
-"""Limits on sign-ins, registrations and password changes, in this process's memory.
+"""Limits on sign-ins, registrations and password changes, counted where every replica
+sees them.
 
 Counted, each N per S seconds (CHEXRAY_AUTH_RATE_LIMIT) unless said otherwise:
 
@@ -13,22 +14,31 @@ Counted, each N per S seconds (CHEXRAY_AUTH_RATE_LIMIT) unless said otherwise:
   per account, each try costing an argon2 hash.
 
 A try's failure is counted when it starts and refunded unless it fails, so concurrent tries
-cannot overrun a limit. A refused try counts nothing and stores nothing, idle keys are
-dropped on every call and each window holds at most `max_keys` keys (the least recently
-counted go first), so memory stays bounded whatever the traffic. With several replicas
-each enforces the limits on its own share of the traffic.
+cannot overrun a limit. A refused try counts nothing and stores nothing, and each window
+holds at most `max_keys` keys (the least recently counted go first), so memory (or the
+table) stays bounded whatever the traffic.
+
+Where the counts live is the `Counts` given (server/counting.py): this process's memory
+(one server), or the database (server/store/counts.py: replicas sharing a PostgreSQL
+database share the counts, CHEXRAY_LIMITS_STORE). Both block: call the methods from a
+worker thread, not the event loop (server/api/accounts.py does).
 """
 
 from __future__ import annotations
 
+import logging
 import time
-from array import array
-from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from threading import Lock
 
+from server.counting import MAX_KEYS, Counts, Key, MemoryCounts, SlidingWindow, Tally, Window
+from server.errors import ChexrayError
+
+__all__ = ["FAMILIAR_SECONDS", "MAX_KEYS", "Attempt", "Limited", "Limits", "SlidingWindow"]
+
 FAMILIAR_SECONDS = 30 * 24 * 3600.0
-MAX_KEYS = 20_000  # per window; about 0.45 KB a key at N=10, so 30 MB with every window full
+
+log = logging.getLogger("chexray")
 
 
 class Limited(Exception):
@@ -39,94 +49,34 @@ class Limited(Exception):
         self.retry_after = retry_after
 
 
-class SlidingWindow:
-    """At most `attempts` events per `seconds` per key. Keys are kept in the order of their
-    last event, so idle ones are dropped from the front; a key keeps only its last
-    `attempts` times, all that the decision needs. Not thread-safe (see Limits)."""
-
-    def __init__(
-        self,
-        attempts: int,
-        seconds: float,
-        max_keys: int = MAX_KEYS,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.attempts, self.seconds, self.max_keys, self.clock = attempts, seconds, max_keys, clock
-        self._events: OrderedDict[Hashable, array] = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._events)
-
-    def _prune(self, now: float) -> None:
-        events = self._events
-        while events:
-            times = next(iter(events.values()))
-            if times and times[-1] > now - self.seconds and len(events) <= self.max_keys:
-                break
-            events.popitem(last=False)
-
-    def wait(self, key: Hashable) -> float | None:
-        """Seconds until `key` may have another event; None if it may now."""
-        now = self.clock()
-        self._prune(now)
-        times = self._events.get(key)
-        if times is None or len(times) < self.attempts:
-            return None
-        oldest = times[-self.attempts]
-        return oldest + self.seconds - now if oldest > now - self.seconds else None
-
-    def seen(self, key: Hashable) -> bool:
-        """Whether `key` had an event within the window."""
-        now = self.clock()
-        self._prune(now)
-        times = self._events.get(key)
-        return bool(times) and times[-1] > now - self.seconds
-
-    def add(self, key: Hashable) -> float:
-        """Count one event (whether or not allowed: check `wait` first); returns its time,
-        for `remove`."""
-        now = self.clock()
-        times = self._events.pop(key, None)
-        if times is None:
-            times = array("d")
-        times.append(now)
-        if len(times) > self.attempts:
-            del times[0]
-        self._events[key] = times
-        self._prune(now)
-        return now
-
-    def remove(self, key: Hashable, when: float) -> None:
-        """Take back the event counted at `when`, if still held."""
-        times = self._events.get(key)
-        if times is not None and when in times:
-            times.remove(when)
-            if not times:
-                del self._events[key]
-
-    def clear(self, key: Hashable) -> None:
-        self._events.pop(key, None)
-
-
 class Attempt:
-    """One counted try in flight: say how it ended, exactly once."""
+    """One counted try in flight: say how it ended, exactly once. Each ending is a function
+    of the counts of the keys the try touched, run in a scope of its own."""
 
     def __init__(
         self,
-        lock: Lock,
-        on_failure: Callable[[], None] = lambda: None,
-        on_success: Callable[[], None] = lambda: None,
-        on_other: Callable[[], None] = lambda: None,
+        run: Callable[[Callable[[Tally], None]], None],
+        on_failure: Callable[[Tally], None] = lambda _: None,
+        on_success: Callable[[Tally], None] = lambda _: None,
+        on_other: Callable[[Tally], None] = lambda _: None,
     ) -> None:
-        self._lock = lock
+        self._run = run
         self._ends = {"failed": on_failure, "succeeded": on_success, "other": on_other}
         self._ended = False
+        self._lock = Lock()
 
     def _end(self, how: str) -> None:
         with self._lock:
-            if not self._ended:
-                self._ended = True
-                self._ends[how]()
+            if self._ended:
+                return
+            self._ended = True
+        try:
+            self._run(self._ends[how])
+        except ChexrayError as exc:
+            # The failure counted at the start stands: if the end cannot be recorded (the
+            # database is away), the try counts as failed, the safe side; the caller's own
+            # answer is not changed by it.
+            log.warning("sign-in limits: could not record how a try ended (%s): %s", how, exc)
 
     def failed(self) -> None:
         """Wrong credentials: the failure counted at the start stands."""
@@ -149,23 +99,27 @@ class Limits:
         account_rate: tuple[int, float],
         max_keys: int = MAX_KEYS,
         clock: Callable[[], float] = time.monotonic,
+        counts: Counts | None = None,
     ) -> None:
-        def window(attempts: int, seconds: float) -> SlidingWindow:
-            return SlidingWindow(attempts, seconds, max_keys, clock)
+        """`counts`: where to count (default: this process's memory, with `max_keys` and
+        `clock`; a given one has its own)."""
+        self.counts = counts if counts is not None else MemoryCounts(max_keys, clock)
+        self.attempts = Window("attempts", *rate)  # per client address
+        self.failures = Window("failures", *rate)  # per (username, address); per account
+        self.accounts = Window("accounts", *account_rate)  # per username, unfamiliar addresses
+        self.familiar = Window("familiar", 1, FAMILIAR_SECONDS)  # (username, address) lately
 
-        self.attempts = window(*rate)  # per client address
-        self.failures = window(*rate)  # per (username, address), per account for passwords
-        self.accounts = window(*account_rate)  # per username, from unfamiliar addresses
-        self.familiar = window(1, FAMILIAR_SECONDS)  # (username, address) signed in lately
-        self._lock = Lock()
+    def sizes(self) -> dict[str, int]:
+        """Keys held per window."""
+        windows = (self.attempts, self.failures, self.accounts, self.familiar)
+        return {w.name: self.counts.size(w) for w in windows}
 
-    def windows(self) -> dict[str, SlidingWindow]:
-        return {
-            "attempts": self.attempts,
-            "failures": self.failures,
-            "accounts": self.accounts,
-            "familiar": self.familiar,
-        }
+    def _runner(self, keys: list[tuple[Window, Key]]) -> Callable[[Callable[[Tally], None]], None]:
+        def run(end: Callable[[Tally], None]) -> None:
+            with self.counts.scope(keys) as tally:
+                end(tally)
+
+        return run
 
     @staticmethod
     def _refuse(*waits: float | None) -> None:
@@ -176,51 +130,65 @@ class Limits:
     def sign_in(self, client: str, username: str) -> Attempt:
         """A log-in starts; Limited if refused."""
         user = username.lower()
+        address = ("sign-in", client)
         pair = ("sign-in", user, client)
         account = ("account", user)
-        with self._lock:
-            familiar = self.familiar.seen(pair)
+        keys = [
+            (self.attempts, address),
+            (self.failures, pair),
+            (self.accounts, account),
+            (self.familiar, pair),
+        ]
+        with self.counts.scope(keys) as c:
+            familiar = c.seen(self.familiar, pair)
             self._refuse(
-                self.attempts.wait(("sign-in", client)),
-                self.failures.wait(pair),
-                None if familiar else self.accounts.wait(account),
+                c.wait(self.attempts, address),
+                c.wait(self.failures, pair),
+                None if familiar else c.wait(self.accounts, account),
             )
-            self.attempts.add(("sign-in", client))
-            at = self.failures.add(pair)
-            account_at = None if familiar else self.accounts.add(account)
+            c.add(self.attempts, address)
+            at = c.add(self.failures, pair)
+            account_at = None if familiar else c.add(self.accounts, account)
 
-        def refund() -> None:
-            self.failures.remove(pair, at)
+        def refund(c: Tally) -> None:
+            c.remove(self.failures, pair, at)
             if account_at is not None:
-                self.accounts.remove(account, account_at)
+                c.remove(self.accounts, account, account_at)
 
-        def success() -> None:
+        def success(c: Tally) -> None:
             # The owner's own failures from this address are forgiven; the account-wide
             # count is not, or every sign-in of the owner would hand a botnet fresh guesses.
-            self.failures.clear(pair)
+            c.clear(self.failures, pair)
             if account_at is not None:
-                self.accounts.remove(account, account_at)
-            self.familiar.add(pair)
+                c.remove(self.accounts, account, account_at)
+            c.add(self.familiar, pair)
 
-        return Attempt(self._lock, on_success=success, on_other=refund)
+        return Attempt(self._runner(keys[1:]), on_success=success, on_other=refund)
 
     def register(self, client: str, username: str) -> Attempt:
         """A registration starts (counted like a log-in attempt); Limited if refused."""
+        address = ("sign-in", client)
         pair = ("sign-in", username.lower(), client)
-        with self._lock:
-            self._refuse(self.attempts.wait(("sign-in", client)))
-            self.attempts.add(("sign-in", client))
-        return Attempt(self._lock, on_success=lambda: self.familiar.add(pair))
+        with self.counts.scope([(self.attempts, address)]) as c:
+            self._refuse(c.wait(self.attempts, address))
+            c.add(self.attempts, address)
+
+        def success(c: Tally) -> None:
+            c.add(self.familiar, pair)
+
+        return Attempt(self._runner([(self.familiar, pair)]), on_success=success)
 
     def password_change(self, client: str, user_id: int) -> Attempt:
         """A password change starts; Limited if refused."""
+        address = ("password", client)
         account = ("password", user_id)
-        with self._lock:
-            self._refuse(self.attempts.wait(("password", client)), self.failures.wait(account))
-            self.attempts.add(("password", client))
-            at = self.failures.add(account)
+        keys = [(self.attempts, address), (self.failures, account)]
+        with self.counts.scope(keys) as c:
+            self._refuse(c.wait(self.attempts, address), c.wait(self.failures, account))
+            c.add(self.attempts, address)
+            at = c.add(self.failures, account)
         return Attempt(
-            self._lock,
-            on_success=lambda: self.failures.clear(account),
-            on_other=lambda: self.failures.remove(account, at),
+            self._runner(keys[1:]),
+            on_success=lambda c: c.clear(self.failures, account),
+            on_other=lambda c: c.remove(self.failures, account, at),
         )

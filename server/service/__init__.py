@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry
 
 from server.cam.renderer import Renderer
+from server.counting import Counts, MemoryCounts
 from server.runtime.backends import graph_for
 from server.runtime.engine import Engine
 from server.runtime.findings import FINDINGS, finding_for, present, slug
@@ -28,6 +29,7 @@ from server.service.inference import Inference
 from server.service.predictions import AnalyseOptions, Analysis, Predictions, heatmap_file
 from server.service.results import ImageMeta, Result
 from server.settings import Settings
+from server.store.counts import DatabaseCounts
 from server.store.models import ApiKey, User
 from server.store.store import Store
 
@@ -66,6 +68,11 @@ class Service:
             settings.media_dir,
             anonymous_ttl=dt.timedelta(hours=settings.anonymous_ttl_hours),
             orphan_grace=dt.timedelta(minutes=settings.orphan_grace_minutes),
+            media=settings.media_store,
+        )
+        # The sign-in limits' and the anonymous quota's counts (server/counting.py).
+        self.counts: Counts = (
+            DatabaseCounts(self.store.db) if settings.shared_limits else MemoryCounts()
         )
         self.engines = EngineState()
         self.renderer = Renderer(
@@ -77,6 +84,7 @@ class Service:
             self.renderer,
             settings.anonymous_max_studies,
             settings.anonymous_hourly_per_address,
+            self.counts,
         )
         self.accounts = Accounts(
             self.store, settings.token_lifetime_hours, settings.api_keys_per_user
@@ -90,7 +98,8 @@ class Service:
         """Open the store; load the models and sweep the store in the background
         (readiness tells when the models are ready)."""
         await self.store.open()
-        log.info("%s", self.store.description)
+        where = "in the database" if self.settings.shared_limits else "in this process"
+        log.info("%s; sign-in limits counted %s", self.store.description, where)
         self._boot = asyncio.create_task(
             self.engines.boot(lambda: Engine(self.settings, self.registry, self._manifest))
         )

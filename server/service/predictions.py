@@ -11,15 +11,18 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections import deque
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
+import anyio
+import anyio.to_thread
 import numpy as np
 
 from server import tracing
 from server.cam.renderer import Renderer
+from server.counting import Counts, MemoryCounts, Window
 from server.errors import (
+    ChexrayError,
     InsufficientStorage,
     NotFound,
     QuotaExceeded,
@@ -69,36 +72,31 @@ def not_found(what: str = "study") -> NotFound:
     return NotFound("not_found", f"no such {what}")
 
 
-class HourlyCounter:
-    """Events per key over the last hour, in this process (with several replicas, each
-    counts its own share, like the sign-in rate limit). Used from the event loop only."""
+class HourlyQuota:
+    """At most `limit` events per key over the last hour, counted in `counts`: this
+    process's memory, or the database that replicas share (server/counting.py). Blocking:
+    called in a worker thread."""
 
     WINDOW_S = 3600.0
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, counts: Counts) -> None:
         self.limit = limit
-        self._events: dict[str, deque[float]] = {}
+        self.counts = counts
+        self.window = Window("anonymous", limit, self.WINDOW_S)
 
-    def take(self, key: str) -> float | None:
-        """Count one event; None when allowed, else the seconds until one is."""
-        now = time.monotonic()
-        events = self._events.setdefault(key, deque())
-        while events and events[0] <= now - self.WINDOW_S:
-            events.popleft()
-        if len(events) >= self.limit:
-            return max(1.0, events[0] + self.WINDOW_S - now)
-        events.append(now)
-        if len(self._events) > 100_000:  # forget idle keys rather than grow forever
-            self._events = {
-                k: v for k, v in self._events.items() if v and v[-1] > now - self.WINDOW_S
-            }
-        return None
+    def take(self, key: str) -> tuple[float | None, float | None]:
+        """Count one event: (None, its time) when allowed, else (the seconds until one is,
+        None), counting nothing."""
+        with self.counts.scope([(self.window, key)]) as c:
+            wait = c.wait(self.window, key)
+            if wait is not None:
+                return max(1.0, wait), None
+            return None, c.add(self.window, key)
 
-    def give_back(self, key: str) -> None:
-        """Undo the last `take` of `key` (the event did not happen after all)."""
-        events = self._events.get(key)
-        if events:
-            events.pop()
+    def give_back(self, key: str, when: float) -> None:
+        """Undo the `take` of `key` at `when` (the event did not happen after all)."""
+        with self.counts.scope([(self.window, key)]) as c:
+            c.remove(self.window, key, when)
 
 
 class Predictions:
@@ -109,20 +107,24 @@ class Predictions:
         renderer: Renderer,
         max_anonymous: int = 10_000,
         anonymous_per_address_hourly: int = 0,
+        counts: Counts | None = None,
     ) -> None:
         """`max_anonymous`: anonymous studies kept at once (0: none);
-        `anonymous_per_address_hourly`: per client address and hour (0: no limit)."""
+        `anonymous_per_address_hourly`: per client address and hour (0: no limit), counted
+        in `counts` (default: this process's memory)."""
         self.engines = engines
         self.store = store
         self.renderer = renderer
         self.max_anonymous = max_anonymous
         self.per_address = (
-            HourlyCounter(anonymous_per_address_hourly) if anonymous_per_address_hourly else None
+            HourlyQuota(anonymous_per_address_hourly, counts or MemoryCounts())
+            if anonymous_per_address_hourly
+            else None
         )
 
-    async def _admit_anonymous(self, client: str | None) -> str | None:
-        """Refuse an anonymous study over a quota; the key counted, if any, to give back
-        when nothing is kept after all."""
+    async def _admit_anonymous(self, client: str | None) -> tuple[str, float] | None:
+        """Refuse an anonymous study over a quota; the key and time counted, if any, to
+        give back when nothing is kept after all."""
         if await self.store.count_anonymous() >= self.max_anonymous:
             raise InsufficientStorage(
                 "anonymous_storage_full",
@@ -133,7 +135,7 @@ class Predictions:
         if self.per_address is None:
             return None
         key = client or "unknown"
-        wait = self.per_address.take(key)
+        wait, when = await anyio.to_thread.run_sync(self.per_address.take, key)
         if wait is not None:
             raise QuotaExceeded(
                 "anonymous_quota_exceeded",
@@ -141,7 +143,8 @@ class Predictions:
                 "hour are kept: sign in, analyse without store=true, or retry later",
                 retry_after=wait,
             )
-        return key
+        assert when is not None
+        return key, when
 
     def _result(self, study: Study) -> Result:
         expires = self.store.expires_at(study.created_at, study.owner_id)
@@ -162,7 +165,11 @@ class Predictions:
             return await self._analyse(data, options, anonymous)
         except BaseException:
             if counted is not None and self.per_address is not None:
-                self.per_address.give_back(counted)
+                try:
+                    with anyio.CancelScope(shield=True):
+                        await anyio.to_thread.run_sync(self.per_address.give_back, *counted)
+                except ChexrayError as exc:  # the database is away: the count stands
+                    log.warning("could not give back an anonymous quota count: %s", exc)
             raise
 
     async def _analyse(self, data: bytes, options: AnalyseOptions, anonymous: bool) -> Analysis:

@@ -23,6 +23,7 @@ log = logging.getLogger("chexray.store")
 
 RETRY_AFTER_S = 5.0
 DISK_FULL_SQLSTATE = "53100"  # PostgreSQL's disk_full
+SCHEMA_LOCK_ID = 0x43686558  # "CheX": the advisory lock of schema changes
 
 
 class Throttled:
@@ -138,10 +139,14 @@ class Database:
 
     def create_all(self) -> None:
         """Create missing tables, and add nullable columns that newer versions of a table
-        have to an older database (no data is changed)."""
-        SQLModel.metadata.create_all(self.engine)
-        existing = inspect(self.engine)
+        have to an older database (no data is changed). One transaction; on PostgreSQL
+        under an advisory lock, so that replicas starting together on an empty database
+        take turns instead of racing to create the same tables."""
         with self.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": SCHEMA_LOCK_ID})
+            SQLModel.metadata.create_all(conn)
+            existing = inspect(conn)
             for table in SQLModel.metadata.sorted_tables:
                 have = {c["name"] for c in existing.get_columns(table.name)}
                 for column in table.columns:

@@ -29,9 +29,15 @@ log = logging.getLogger("chexray.store")
 
 
 class MediaStore:
+    in_database = False
+
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def where(self) -> str:
+        return f"in {self.root}"
 
     def folder(self, study_id: str) -> Path:
         if not STUDY_ID.match(study_id):

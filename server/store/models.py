@@ -1,11 +1,11 @@
-"""The database tables: users, their session tokens and API keys, and studies (one X-ray
-each)."""
+"""The database tables: users, their session tokens and API keys, studies (one X-ray each),
+the files of studies when they are kept in the database, and the shared rate-limit counts."""
 
 from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import JSON, Column
+from sqlalchemy import DDL, JSON, Column, Index, LargeBinary, event
 from sqlmodel import Field, SQLModel
 
 
@@ -94,3 +94,46 @@ class Study(SQLModel, table=True):
     # Set by the store's sweep when the study's image file is missing (see Store.sweep):
     # such a study is hidden, not deleted, and shown again if its files come back.
     files_missing_since: dt.datetime | None = None
+
+
+class StudyFile(SQLModel, table=True):
+    """A study's file (image.png, heatmaps) kept in the database (CHEXRAY_MEDIA_STORE=
+    database) instead of the media folder. The foreign key deletes it with its study, in
+    the same transaction; it cannot be written for a study that is gone."""
+
+    __tablename__ = "study_files"
+
+    study_id: str = Field(
+        foreign_key="studies.id", primary_key=True, max_length=32, ondelete="CASCADE"
+    )
+    name: str = Field(primary_key=True, max_length=64)
+    data: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+
+
+# PNGs do not compress: PostgreSQL's attempt to (the default storage of bytea) made writing
+# a study 7x slower (bench/media_store.py), so the column is stored uncompressed.
+event.listen(
+    StudyFile.__table__,
+    "after_create",
+    DDL("ALTER TABLE study_files ALTER COLUMN data SET STORAGE EXTERNAL").execute_if(
+        dialect="postgresql"
+    ),
+)
+
+
+class RateCount(SQLModel, table=True):
+    """One key of a rate limit's sliding window (server/counting.py), shared by the replicas
+    that share the database: the times of its last events, newest last. `key` is a SHA-256
+    of the window and the key (a client address, a username), so neither is kept in clear.
+    Rows whose events have all left the window (`expires_at`, seconds since the epoch) are
+    deleted by the replicas as they count."""
+
+    __tablename__ = "rate_counts"
+
+    key: str = Field(primary_key=True, max_length=64)
+    window: str = Field(max_length=16)
+    times: list[float] = Field(sa_column=Column(JSON, nullable=False))
+    expires_at: float = Field(index=True)
+
+
+Index("ix_rate_counts_window_expires", RateCount.window, RateCount.expires_at)

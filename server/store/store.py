@@ -5,6 +5,11 @@ What it keeps consistent: a study row exists only while its image file does, and
 folder only while its row does (or while the study is being written). Every path that
 could break this (a full disk, a lost database, a cancelled request, a deletion racing a
 write, a crash) either undoes its own work or leaves something the sweep repairs.
+
+The files live in a folder (MediaStore, the default) or in the database (DatabaseMedia,
+for replicas without a shared volume; CHEXRAY_MEDIA_STORE=database). There a study's row
+and files are one transaction and the files are deleted with the row, so the same
+guarantees hold with nothing left for the sweep to repair.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from server.files import is_no_space
 from server.store import accounts, studies
 from server.store.db import Database, database_errors, outage_log, storage_full
 from server.store.media import IMAGE_FILE, MediaStore
+from server.store.media_db import DatabaseMedia
 from server.store.models import Study, utcnow
 
 T = TypeVar("T")
@@ -64,12 +70,16 @@ class Store:
         media_dir: Path,
         anonymous_ttl: dt.timedelta = dt.timedelta(hours=24),
         orphan_grace: dt.timedelta = dt.timedelta(hours=1),
+        media: str = "folder",
     ) -> None:
         """`anonymous_ttl`: how long an anonymous study is kept; `orphan_grace`: how old a
         folder without a row (or a temporary file) must be before the sweep removes it; a
-        younger one may be a study that another replica is writing right now."""
+        younger one may be a study that another replica is writing right now. `media`:
+        "folder" (files under `media_dir`) or "database"."""
         self.db = Database(database_url)
-        self.media = MediaStore(media_dir)
+        self.media: MediaStore | DatabaseMedia = (
+            DatabaseMedia(self.db) if media == "database" else MediaStore(media_dir)
+        )
         self.anonymous_ttl = anonymous_ttl
         self.orphan_grace = orphan_grace
         # Folders whose removal failed (their rows are gone): retried by every sweep.
@@ -92,7 +102,7 @@ class Store:
     @property
     def description(self) -> str:
         """Where things are kept, without the database password (for logs)."""
-        return f"database {self.db.safe_url}, media in {self.media.root}"
+        return f"database {self.db.safe_url}, media {self.media.where}"
 
     # -- running work ----------------------------------------------------------------------
 
@@ -154,6 +164,9 @@ class Store:
     def _add_study(self, study: Study, files: dict[str, bytes]) -> Study:
         row_tried = False
         try:
+            if isinstance(self.media, DatabaseMedia):
+                row_tried = True
+                return self._session_call(self.media.add_study, study, files)
             for name, data in files.items():
                 self.media.write(study.id, name, data, create=True)
             row_tried = True
@@ -265,7 +278,9 @@ class Store:
         for batch in _batched(sorted(pending), BATCH):
             alive = self._session_call(studies.existing_ids, batch)
             report.retried += sum(self._remove_files(i) for i in batch if i not in alive)
-        if full:
+        if self.media.in_database:
+            pass  # row and files are one transaction: a crash leaves nothing to repair
+        elif full:
             self._suspects = self._sweep_leftovers(report, None)
         elif self._suspects:
             self._suspects = self._sweep_leftovers(report, self._suspects)
@@ -289,28 +304,30 @@ class Store:
         destroy every study in the database. The mark is reversible: a later full sweep
         that finds the image again clears it. Rows younger than the grace are not judged
         either (a shared file system may show another replica's new file late)."""
+        media = self.media
+        assert isinstance(media, MediaStore)
         grace_s = self.orphan_grace.total_seconds()
         suspects: set[str] = set()
-        folders = self.media.study_folders() if only is None else sorted(only)
+        folders = media.study_folders() if only is None else sorted(only)
         for batch in _batched(folders, BATCH):
             alive = self._session_call(studies.existing_ids, batch)
             for study_id in batch:
                 if study_id in alive:
-                    removed, left = self.media.remove_stale_temporaries(study_id, grace_s)
+                    removed, left = media.remove_stale_temporaries(study_id, grace_s)
                     report.temporaries += removed
                     if left:
                         suspects.add(study_id)
-                elif not self.media.folder(study_id).is_dir():
+                elif not media.folder(study_id).is_dir():
                     continue
-                elif self.media.age(study_id) < grace_s:
+                elif media.age(study_id) < grace_s:
                     suspects.add(study_id)
-                elif self.media.delete_study(study_id):
+                elif media.delete_study(study_id):
                     report.orphan_folders += 1
         after, judged_before = "", utcnow() - self.orphan_grace
         while page := self._session_call(studies.page_of_rows, after, BATCH, only):
             missing, back = [], []
             for study_id, marked, created_at in page:
-                present = self.media.exists(study_id, IMAGE_FILE)
+                present = media.exists(study_id, IMAGE_FILE)
                 if present and marked:
                     back.append(study_id)
                 elif not present and not marked:

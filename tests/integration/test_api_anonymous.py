@@ -129,8 +129,15 @@ def test_anonymous_studies_are_limited_in_number(tiny_repo: Path, tmp_path: Path
         assert len(list((tmp_path / "media").iterdir())) == 3
 
 
-def test_anonymous_studies_are_limited_per_client_address(tiny_repo: Path, tmp_path: Path) -> None:
-    with client(tiny_repo, tmp_path, anonymous_hourly_per_address=2) as c:
+def test_anonymous_studies_are_limited_per_client_address(
+    tiny_repo: Path, tmp_path: Path, database_url: str
+) -> None:
+    """Counted in memory on SQLite, in the database on PostgreSQL (CHEXRAY_LIMITS_STORE=auto)."""
+    with client(tiny_repo, tmp_path, database_url, anonymous_hourly_per_address=2) as c:
+        shared = database_url.startswith("postgresql")
+        assert type(c.app.state.service.counts).__name__ == (
+            "DatabaseCounts" if shared else "MemoryCounts"
+        )
         # What fails is not counted.
         error(post_image(c, b"not an image", store="true"), 415, "unsupported_format")
         upload(c, store="true")

@@ -1,6 +1,7 @@
 """Sign-in and password limits per client address behind a trusted proxy, and body limits,
 against a real `chexray serve` (the test plays the proxy at 127.0.0.1, naming the client in
-X-Forwarded-For), and against one that trusts no proxy."""
+X-Forwarded-For), and against one that trusts no proxy. Each runs twice: limits counted in
+the server's memory (SQLite), and in PostgreSQL, as replicas sharing it count them."""
 
 from __future__ import annotations
 
@@ -12,18 +13,25 @@ import httpx
 import numpy as np
 import pytest
 
+from tests.conftest import create_database
 from tests.support.api import PASSWORD, error
 from tests.support.images import png
 from tests.support.server_process import running_server
 
 
-@pytest.fixture(scope="module")
-def server(tiny_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
+@pytest.fixture(scope="module", params=["memory", "database"])
+def server(
+    request: pytest.FixtureRequest, tiny_repo: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[httpx.Client]:
     env = {
         "CHEXRAY_AUTH_RATE_LIMIT": "3/60",
         "CHEXRAY_AUTH_ACCOUNT_RATE_LIMIT": "100/3600",
         "CHEXRAY_TRUSTED_PROXIES": "127.0.0.1",
+        "CHEXRAY_LIMITS_STORE": request.param,
     }
+    if request.param == "database":
+        postgres = request.getfixturevalue("postgres")
+        env["CHEXRAY_DATABASE_URL"] = create_database(postgres, "chexray_api_limits")
     root = tmp_path_factory.mktemp("limits")
     with running_server(tiny_repo, root, **env) as (base, _), httpx.Client(base_url=base) as c:
         yield c

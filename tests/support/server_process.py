@@ -32,12 +32,15 @@ def free_port() -> int:
             return port
 
 
-@contextlib.contextmanager
-def running_server(
-    repo: Path, root: Path, preexec_fn: Callable[[], None] | None = None, **env: str
-) -> Iterator[tuple[str, subprocess.Popen]]:
-    """Serve a copy of `repo` with data under `root`; yields (base URL, process).
-    `preexec_fn` runs in the child before the server starts (e.g. to set a resource limit)."""
+def _start(
+    repo: Path,
+    root: Path,
+    env: dict[str, str],
+    preexec_fn: Callable[[], None] | None = None,
+    log: Path | None = None,
+) -> tuple[str, subprocess.Popen]:
+    """Start serving a copy of `repo` with data under `root`; its output goes to a pipe
+    (proc.stdout), or to the file `log`."""
     shutil.copytree(repo, root / "models")
     port = free_port()
     full_env = {
@@ -51,31 +54,79 @@ def running_server(
         "CHEXRAY_LOG_LEVEL": "warning",
         **env,
     }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "chexray.cli", "serve", "--no-build"],
-        cwd=ROOT,
-        env=full_env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        preexec_fn=preexec_fn,
-    )
-    base = f"http://127.0.0.1:{port}"
+    output = subprocess.PIPE if log is None else log.open("w")
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(base + "/health/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None:
-                pytest.fail(f"server exited: {proc.stdout.read()}")
-            time.sleep(0.2)
-        else:
-            pytest.fail("server did not become ready in 60 s")
-        yield base, proc
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "chexray.cli", "serve", "--no-build"],
+            cwd=ROOT,
+            env=full_env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            text=True,
+            preexec_fn=preexec_fn,
+        )
     finally:
+        if log is not None:
+            output.close()
+    return f"http://127.0.0.1:{port}", proc
+
+
+def _wait_ready(servers: list[tuple[str, subprocess.Popen]], logs: list[Path | None]) -> None:
+    deadline = time.monotonic() + 60
+    waiting = list(zip(servers, logs, strict=True))
+    while waiting:
+        (base, proc), log = waiting[0]
+        try:
+            if httpx.get(base + "/health/ready", timeout=1).status_code == 200:
+                waiting.pop(0)
+                continue
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None:
+            output = log.read_text() if log is not None else proc.stdout.read()
+            pytest.fail(f"server exited: {output}")
+        if time.monotonic() > deadline:
+            pytest.fail("server did not become ready in 60 s")
+        time.sleep(0.2)
+
+
+def _stop(servers: list[tuple[str, subprocess.Popen]]) -> None:
+    for _, proc in servers:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@contextlib.contextmanager
+def running_server(
+    repo: Path, root: Path, preexec_fn: Callable[[], None] | None = None, **env: str
+) -> Iterator[tuple[str, subprocess.Popen]]:
+    """Serve a copy of `repo` with data under `root`; yields (base URL, process).
+    `preexec_fn` runs in the child before the server starts (e.g. to set a resource limit)."""
+    server = _start(repo, root, env, preexec_fn)
+    try:
+        _wait_ready([server], [None])
+        yield server
+    finally:
+        _stop([server])
+
+
+@contextlib.contextmanager
+def running_servers(
+    repo: Path, root: Path, count: int, **env: str
+) -> Iterator[list[tuple[str, subprocess.Popen]]]:
+    """`count` servers with the same settings `env` (replicas: give them one
+    CHEXRAY_DATABASE_URL), each with its own port, copy of `repo` and data folder under
+    `root/<n>`, its output in `root/<n>/server.log`; started together, yielded once all are
+    ready as [(base URL, process)]."""
+    servers: list[tuple[str, subprocess.Popen]] = []
+    logs: list[Path | None] = []
+    try:
+        for n in range(count):
+            (root / str(n)).mkdir(parents=True)
+            logs.append(root / str(n) / "server.log")
+            servers.append(_start(repo, root / str(n), env, log=logs[-1]))
+        _wait_ready(servers, logs)
+        yield servers
+    finally:
+        _stop(servers)
