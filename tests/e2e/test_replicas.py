@@ -317,6 +317,12 @@ def test_replicas_share_studies_and_limits_and_survive_a_kill(
                         assert h.get(c.urls[study]["study"]).status_code == 404
         assert len(images) == sum(len(c.kept) for c in clients) >= 8
         assert all(len(v) == 1 for v in images.values()), "the same bytes from each replica"
+        # The figures, for `pytest -s`: what ran, what failed and where, what was kept.
+        print(
+            f"\nreplicas: {len(answers)} requests, 1 replica killed, by (status, replica): "
+            f"{dict(sorted(by_status.items()))}; studies kept {len(images)}, "
+            f"each read through {len(survivors)} survivors; lost 0"
+        )
 
         # The sign-in limit counts one address's failures on whichever replica they land.
         via = {"x-forwarded-for": "203.0.113.99"}
