@@ -2,9 +2,10 @@
 
 Checked before a request's body is read, so refusing costs next to nothing and an overloaded
 server keeps its throughput for the work it accepted. An analysis counts from admission
-(body upload, decode, queue, batch) until its answer is ready. Its expected wait is the
-number of analyses ahead of it, in batches of `max_batch` per instance, times how long such
-a batch takes lately (measured per batch size by the batcher, first at warm-up). Past
+(body upload, decode, queue, batch) until its answer is ready. Its expected wait is that
+of the analyses ahead of it and its own, in batches of `max_batch` per instance, times how
+long such a batch takes lately (measured per batch size by the batcher, first at warm-up):
+so what an admitted analysis waits, its own batch included, fits the budget. Past
 `budget_s`, or past `max_in_flight` analyses, the caller gets Overloaded (503) with a
 Retry-After of when the analyses in flight should be done. A draining server (SIGTERM)
 admits nothing new while what it admitted finishes.
@@ -69,8 +70,9 @@ class Admission:
         return Overloaded(reason, retry_after, code)
 
     def check(self, count: int = 1) -> None:
-        """Raise Overloaded unless `count` more analyses may start now. Their wait is the
-        last one's: with `count - 1` of them queued ahead of it."""
+        """Raise Overloaded unless `count` more analyses may start now: their expected wait,
+        the batches of everything in flight and then theirs, must fit the budget (an idle
+        server admits any count)."""
         if self.draining:
             raise self._refuse(
                 "the server is shutting down and takes no new work", 5, "shutting_down"
@@ -84,7 +86,11 @@ class Admission:
                     f"over the {self.max_in_flight} this server takes at once"
                 )
             raise self._refuse(reason, self.drain_time())
-        wait = self.expected_wait(ahead)
+        if self.in_flight == 0:
+            return  # an idle server takes any request: refusing could not make it sooner
+        # Until its own batch is done, not only until it starts: what it waits for in all
+        # (beyond its decode) then fits the budget, however its batches fall.
+        wait = self.expected_wait(self.in_flight + count)
         if wait > self.budget_s:
             raise self._refuse(
                 f"the expected wait ({wait:.1f} s) is over this server's budget "

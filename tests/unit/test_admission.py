@@ -37,12 +37,13 @@ def test_admits_until_the_expected_wait_passes_the_budget() -> None:
         except Overloaded as exc:
             refused = exc
             break
-    # 12 ahead: 3 full batches = 0.9 s fits; 13 ahead: 0.9 + 0.15 s does not.
-    assert len(held) == 13 and a.in_flight == 13
+    # Its own batch counted: 11 ahead, done after 3 full batches = 0.9 s, fits; 12 ahead,
+    # done after 0.9 + 0.15 s, does not.
+    assert len(held) == 12 and a.in_flight == 12
     assert refused is not None and refused.code == "overloaded"
     assert "budget" in refused.message
-    # Retry-After: when the 13 in flight should be done (1.05 s), in whole seconds.
-    assert refused.retry_after == 2
+    # Retry-After: when the 12 in flight should be done (0.9 s), in whole seconds.
+    assert refused.retry_after == 1
     for cm in held:
         cm.__exit__(None, None, None)
     assert a.in_flight == 0
@@ -94,18 +95,18 @@ def test_draining_refuses_new_work_and_lets_admitted_work_finish() -> None:
 
 
 def test_several_analyses_are_admitted_whole_or_refused_whole() -> None:
-    # Budget 1 s: the last of the request's images may have at most 12 ahead of it.
+    # Budget 1 s: 12 in flight, the request's own included, are done in 0.9 s; 13 are not.
     a = admission(budget_s=1.0)
-    with a.admit(13):
+    with a.admit(13):  # an idle server takes it whole
         assert a.in_flight == 13
         with pytest.raises(Overloaded, match="budget"):
             a.check()
     assert a.in_flight == 0
     a.in_flight = 10
-    # 10 + 3: the third image would have 12 ahead, it fits; 10 + 4 would not.
-    with a.admit(3):
-        assert a.in_flight == 13
-    with pytest.raises(Overloaded) as info, a.admit(4):
+    # 10 + 2 fits; 10 + 3 would not.
+    with a.admit(2):
+        assert a.in_flight == 12
+    with pytest.raises(Overloaded) as info, a.admit(3):
         pass
     assert a.in_flight == 10, "a refused request holds no place"
     assert info.value.code == "overloaded" and info.value.retry_after >= 1
@@ -135,3 +136,12 @@ def test_a_request_over_the_in_flight_cap_is_refused_and_says_so() -> None:
     with pytest.raises(ValueError, match="at least 1"), a.admit(0):
         pass
     assert a.in_flight == 5
+
+
+def test_an_idle_server_admits_any_request_even_over_the_budget() -> None:
+    a = admission(budget_s=0.0)
+    # 3 images on an idle server: refusing could not make them sooner.
+    with a.admit(3), pytest.raises(Overloaded, match="budget"):
+        a.check()
+    with a.admit():
+        pass
