@@ -25,7 +25,7 @@ test: lint
 	$(BIN)/python -m pytest
 
 # The unit and integration layers alone, with TensorFlow, torch, Keras and tf2onnx made
-# unimportable (tests/support/no_frameworks.py): proof they need none; well under a minute.
+# unimportable (tests/support/no_frameworks.py): proof they need none; about 2 minutes.
 test-fast: $(STAMP)
 	scripts/ensure-test-deps.sh
 	CHEXRAY_TEST_NO_FRAMEWORKS=1 $(BIN)/python -m pytest tests/unit tests/integration
