@@ -234,6 +234,17 @@ def test_deleting_an_account_removes_the_files_of_a_study_committed_meanwhile(
             **{c.name: getattr(late, c.name) for c in Study.__table__.columns}
         )
     )
+    deleted = _delete_account_while_committing(store, uid, database_url, tx.commit)
+    conn.close()
+    assert sorted(deleted) == sorted([kept.id, late.id])
+    assert folders(store) == set() and ids(store) == set()
+
+
+def _delete_account_while_committing(
+    store: Store, uid: int, database_url: str, commit
+) -> list[str]:
+    """Start deleting the account, let it reach the upload's open transaction, then commit
+    that transaction; the study ids the deletion removed."""
     deleted: list[str] = []
     deleter = threading.Thread(
         target=lambda: deleted.extend(asyncio.run(store.delete_account(uid)))
@@ -243,11 +254,9 @@ def test_deleting_an_account_removes_the_files_of_a_study_committed_meanwhile(
         _wait_for_a_lock_wait(store)
     else:
         time.sleep(0.5)  # SQLite: the deletion waits for the write lock meanwhile
-    tx.commit()
-    conn.close()
+    commit()
     deleter.join(30)
-    assert sorted(deleted) == sorted([kept.id, late.id])
-    assert folders(store) == set() and ids(store) == set()
+    return deleted
 
 
 def _wait_for_a_lock_wait(store: Store) -> None:

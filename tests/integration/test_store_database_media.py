@@ -14,7 +14,6 @@ import shutil
 import subprocess
 import tempfile
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from tests.integration.test_store import (
     HOUR,
     PNG,
     _cancel_while_blocked,
+    _delete_account_while_committing,
     _wait_for_a_lock_wait,
     ids,
     row,
@@ -232,18 +232,8 @@ def test_deleting_an_account_removes_a_study_committed_meanwhile(
         text("INSERT INTO study_files (study_id, name, data) VALUES (:s, 'image.png', :d)"),
         {"s": late.id, "d": PNG},
     )
-    deleted: list[str] = []
-    deleter = threading.Thread(
-        target=lambda: deleted.extend(asyncio.run(store.delete_account(uid)))
-    )
-    deleter.start()
-    if database_url.startswith("postgresql"):
-        _wait_for_a_lock_wait(store)
-    else:
-        time.sleep(0.5)  # SQLite: the deletion waits for the write lock meanwhile
-    session.commit()
+    deleted = _delete_account_while_committing(store, uid, database_url, session.commit)
     session.close()
-    deleter.join(30)
     assert sorted(deleted) == sorted([kept.id, late.id])
     assert ids(store) == set() and files(store) == set()
 
