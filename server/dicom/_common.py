@@ -115,3 +115,8 @@ def stamp_times(target: Dataset, result: DicomResult) -> None:
     target.ContentDate, target.ContentTime = date, time
     target.SeriesDate, target.SeriesTime = date, time
     target.TimezoneOffsetFromUTC = "+0000"
+    for item in target.get("ContributingEquipmentSequence", []):
+        if "ContributionDateTime" in item:  # highdicom stamps its own part with "now"
+            item.ContributionDateTime = f"{date}{time}"
+    if "DateOfSecondaryCapture" in target:
+        target.DateOfSecondaryCapture, target.TimeOfSecondaryCapture = date, time
