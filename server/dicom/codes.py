@@ -6,14 +6,13 @@ effusion (CID 645), Pulmonary edema (CID 3700), Present/Absent (CID 240 "Present
 Artificial Intelligence (CID 7162), no units (CID 7181). The others are SNOMED CT
 International concepts with their fully specified names: 46621007 |Atelectasis (disorder)|,
 8186001 |Cardiomegaly (disorder)|, 95436008 |Lung consolidation (disorder)|,
-399208008 |Plain X-ray of chest (procedure)|.
+399208008 |Plain X-ray of chest (procedure)|. Cardiomegaly is the disorder concept, not
+287272002, which DICOM lists only in its cardiac ultrasound summaries (CID 12248/12249).
 """
 
 from __future__ import annotations
 
 from pydicom.sr.coding import Code
-
-from server.runtime.findings import FINDINGS
 
 # Makers' names, as they appear in Manufacturer, the device observer and the algorithm.
 MANUFACTURER = "CheXray"

@@ -17,9 +17,8 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
-from server.dicom import DicomResult, FindingValue
+from server.dicom import DicomResult, FindingValue, uids
 from server.dicom import codes as cx
-from server.dicom import uids
 from server.dicom._common import blank_patient, check_source, copy_patient_and_study, stamp_times
 from server.runtime.findings import FINDINGS
 

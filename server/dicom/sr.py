@@ -14,9 +14,8 @@ import highdicom as hd
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes as dicom_codes
 
-from server.dicom import DicomResult, FindingValue
+from server.dicom import DicomResult, FindingValue, uids
 from server.dicom import codes as cx
-from server.dicom import uids
 from server.dicom._common import blank_patient, check_source, copy_patient_and_study, stamp_times
 
 SERIES_NUMBER = 9901

@@ -198,7 +198,9 @@ def test_highdicom_reads_the_report_as_a_measurement_report(tmp_path: Path) -> N
         (probability,) = group.get_measurements(name=cx.PROBABILITY)
         assert probability.value == value.probability
         calls = [
-            q for q in group.get_qualitative_evaluations() if q.name.value == group.finding_type.value
+            q
+            for q in group.get_qualitative_evaluations()
+            if q.name.value == group.finding_type.value
         ]
         assert [c.value.value for c in calls] == [
             (cx.PRESENT if value.present else cx.ABSENT).value
@@ -256,7 +258,9 @@ def test_the_same_result_gives_the_same_bytes() -> None:
     assert to_part10(structured_report(source, res)) == to_part10(structured_report(source, res))
     maps = overlays(source, FINDINGS[:1])
     first = heatmap_objects(source, res, maps)
-    assert [to_part10(h) for h in first] == [to_part10(h) for h in heatmap_objects(source, res, maps)]
+    assert [to_part10(h) for h in first] == [
+        to_part10(h) for h in heatmap_objects(source, res, maps)
+    ]
 
 
 @pytest.mark.parametrize("make", [header, bare_header], ids=["full", "bare"])
