@@ -1,7 +1,7 @@
 """What every layer shares: the framework block, the layer markers, a throwaway PostgreSQL
-server, a fresh database of each kind, and the tiny model repository built in code
-(tests/support/tiny_repo.py) for the integration and e2e layers. The converter's own
-repository is tests/convert's.
+server, a fresh database of each kind, a real Orthanc as the PACS, and the tiny model
+repository built in code (tests/support/tiny_repo.py) for the integration and e2e layers.
+The converter's own repository is tests/convert's.
 
 CHEXRAY_TEST_NO_FRAMEWORKS=1 (`make test-fast`) makes tensorflow, torch, keras, tf_keras and
 tf2onnx unimportable here and in every Python child process (tests/support/no_frameworks.py),
@@ -204,3 +204,20 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"sqlite:///{tmp_path / 'chexray.db'}"
     server = request.getfixturevalue("postgres")
     return create_database(server, f"chexray_test_{next(_DB_COUNTER)}")
+
+
+@pytest.fixture(scope="session")
+def orthanc(tmp_path_factory: pytest.TempPathFactory):
+    """A real Orthanc with its DICOMweb plugin (tests/support/orthanc.py), shared by the
+    session: tests keep to studies of their own. Skips where Orthanc is not installed."""
+    from tests.support.orthanc import OrthancServer, missing
+
+    reason = missing()
+    if reason:
+        pytest.skip(reason)
+    server = OrthancServer(tmp_path_factory.mktemp("orthanc"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
