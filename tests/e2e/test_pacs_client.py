@@ -13,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import io
 import socket
+import threading
 from collections.abc import Awaitable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TypeVar
 
@@ -25,11 +27,14 @@ from pydicom.uid import generate_uid
 from server.errors import InvalidInput
 from server.pacs.client import DicomWebClient, StoreOutcome
 from server.pacs.errors import (
+    PacsBadResponse,
     PacsNotFound,
+    PacsRefused,
     PacsTooLarge,
     PacsUnauthorized,
     PacsUnavailable,
 )
+from server.pacs.multipart import encode_related
 from tests.support.dicom_studies import chest_instance
 from tests.support.orthanc import OrthancServer, missing
 from tests.support.server_process import free_port
@@ -306,3 +311,116 @@ def test_retrieve_over_the_byte_bound(orthanc: OrthancServer) -> None:
     assert "CHEXRAY_PACS_MAX_RETRIEVE_BYTES" in error.message
     assert error.detail["limit_bytes"] == one + 1000
     assert len(run(retrieve(4 * one))) == 2
+
+
+class ScriptedPacs:
+    """A local HTTP server answering every request with one scripted status, headers and
+    body: the answers Orthanc never gives (503, 429, a broken body)."""
+
+    def __init__(self) -> None:
+        self.status, self.headers, self.body = 200, {}, b""
+        script = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                self.rfile.read(length)
+                self.send_response(script.status)
+                for name, value in script.headers.items():
+                    self.send_header(name, value)
+                if "Content-Length" not in script.headers:
+                    self.send_header("Content-Length", str(len(script.body)))
+                self.end_headers()
+                self.wfile.write(script.body)
+
+            do_GET = do_POST = _answer
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/dicom-web"
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
+        self.thread.start()
+
+    def answer(self, status: int, body: bytes = b"", **headers: str) -> None:
+        self.status, self.body = status, body
+        self.headers = {k.replace("_", "-"): v for k, v in headers.items()}
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def scripted():
+    pacs = ScriptedPacs()
+    try:
+        yield pacs
+    finally:
+        pacs.close()
+
+
+def call(url: str, op: str, **kw):
+    async def main():
+        async with DicomWebClient(url, **kw) as client:
+            if op == "store":
+                return await client.store([chest_instance()])
+            if op == "retrieve":
+                return await client.retrieve_study("1.2.3")
+            return await client.search_instances("1.2.3")
+
+    return run(main())
+
+
+@pytest.mark.parametrize("op", ["store", "retrieve", "search"])
+def test_overloaded_pacs_is_unavailable_with_its_retry_after(scripted, op: str) -> None:
+    scripted.answer(503, b"busy", Retry_After="12")
+    with pytest.raises(PacsUnavailable) as caught:
+        call(scripted.url, op)
+    assert caught.value.retry_after == 12 and caught.value.retryable
+    assert "busy" in caught.value.message
+    scripted.answer(429)
+    with pytest.raises(PacsUnavailable):
+        call(scripted.url, op)
+    scripted.answer(500, b"internal")
+    with pytest.raises(PacsUnavailable):
+        call(scripted.url, op)
+
+
+@pytest.mark.parametrize("op", ["store", "retrieve", "search"])
+def test_other_refusals_quote_the_pacs(scripted, op: str) -> None:
+    scripted.answer(415, b"Unsupported media type: expected multipart")
+    with pytest.raises(PacsRefused) as caught:
+        call(scripted.url, op)
+    assert "expected multipart" in caught.value.message and not caught.value.retryable
+
+
+def test_answers_that_are_not_dicomweb(scripted) -> None:
+    scripted.answer(200, b"<html>login</html>", Content_Type="text/html")
+    with pytest.raises(PacsBadResponse, match="not JSON"):
+        call(scripted.url, "search")
+    with pytest.raises(PacsBadResponse, match="no STOW-RS response"):
+        call(scripted.url, "store")
+    with pytest.raises(PacsBadResponse, match="broken multipart"):
+        call(scripted.url, "retrieve")
+    body, content_type = encode_related([b"{}"], "application/dicom+json")
+    scripted.answer(200, body, Content_Type=content_type)
+    with pytest.raises(PacsBadResponse, match=r"application/dicom\+json"):
+        call(scripted.url, "retrieve")
+    # A STOW 400 without the lists is a refusal, with the PACS's words.
+    scripted.answer(400, b"missing boundary")
+    with pytest.raises(PacsRefused, match="missing boundary"):
+        call(scripted.url, "store")
+
+
+def test_declared_length_over_the_bound_stops_before_reading(scripted) -> None:
+    body, content_type = encode_related([b"x" * 5000])
+    scripted.answer(200, body, Content_Type=content_type)
+    assert call(scripted.url, "retrieve", max_retrieve_bytes=len(body)) == [b"x" * 5000]
+    with pytest.raises(PacsTooLarge) as caught:
+        call(scripted.url, "retrieve", max_retrieve_bytes=len(body) - 1)
+    assert caught.value.detail["declared_bytes"] == len(body)
+    scripted.answer(204)
+    assert call(scripted.url, "retrieve") == []
+    assert call(scripted.url, "search") == []
