@@ -161,7 +161,8 @@ def infer_request(msg: pb.ModelInferRequest) -> InferRequest:
         else:
             tensors.append(oip.from_values(t.name, t.datatype, list(t.shape), _contents(t)))
     outputs = tuple(o.name for o in msg.outputs)
-    return InferRequest(msg.model_name, tuple(tensors), msg.model_version, outputs, msg.id)
+    force = "force" in msg.parameters and msg.parameters["force"].bool_param
+    return InferRequest(msg.model_name, tuple(tensors), msg.model_version, outputs, msg.id, force)
 
 
 def _metadata_value(context: grpc.aio.ServicerContext, name: str) -> str | None:

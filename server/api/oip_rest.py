@@ -291,7 +291,9 @@ def _parse(
         flag = out.parameters.get("binary_data")
         binary_outputs[out.name] = default if flag is None else flag is True
     outputs = tuple(out.name for out in req.outputs)
-    return InferRequest(model_name, tuple(inputs), model_version, outputs, req.id), binary_outputs
+    force = req.parameters.get("force") is True
+    request = InferRequest(model_name, tuple(inputs), model_version, outputs, req.id, force)
+    return request, binary_outputs
 
 
 def _base64(name: str, data: object) -> list[bytes]:

@@ -3,7 +3,9 @@
 The format comes from the bytes (never the file name or the client's content type), and
 size limits are checked against the header before anything is decoded, so a small file
 that claims 30000x30000 pixels is refused without allocating them. DICOM patient data
-stays here: the result carries pixels and technical tags only.
+stays out of answers: `dicom` holds technical tags only; the header itself (no pixels) is
+carried in `dicom_header` so that a stored study's results can become DICOM objects in the
+source's study (server/service/dicom_results.py), and is kept only with such a study.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ DICOM_TECHNICAL_TAGS = (
     "NumberOfFrames",
     "ViewPosition",
     "BodyPartExamined",
+    "PatientOrientation",
+    "SOPClassUID",
     "PixelSpacing",
     "ImagerPixelSpacing",
     "WindowCenter",
@@ -98,6 +102,9 @@ class DecodedImage:
     bit_depth: int  # of the source data
     notes: list[str] = field(default_factory=list)  # what a user should know, e.g. frames
     dicom: dict[str, object] = field(default_factory=dict)  # technical tags only
+    # The DICOM's header without its pixel data (a pydicom Dataset): the patient, study and
+    # series a result object must name. Never put in an answer.
+    dicom_header: object | None = field(default=None, repr=False)
 
 
 def detect_format(data: bytes) -> Format:
@@ -195,6 +202,8 @@ def _dicom_tags(ds: object) -> dict[str, object]:
             continue
         if isinstance(value, str | int | float):
             tags[name] = value
+        elif all(isinstance(v, str) for v in value):  # a multi-valued string: A\\F
+            tags[name] = "\\".join(value)
         else:
             try:
                 tags[name] = [float(v) for v in value]
@@ -361,7 +370,18 @@ def _decode_dicom(data: bytes, max_pixels: int) -> DecodedImage:
         bits,
         notes,
         _dicom_tags(ds),
+        _header(ds),
     )
+
+
+def _header(ds):
+    """The dataset without its bulk data (pixels, overlays, waveforms): a few kilobytes."""
+    del ds.PixelData
+    tags = list(ds.keys())  # the keys alone: values are not parsed (damaged ones exist)
+    for tag in tags:
+        if 0x5000 <= tag.group <= 0x60FF or tag.group >= 0x7FE0:
+            del ds[tag]
+    return ds
 
 
 def decode(data: bytes, max_bytes: int, max_pixels: int) -> DecodedImage:

@@ -26,6 +26,7 @@ from server.runtime.admission import Admission
 from server.runtime.backends import choose, open_backend
 from server.runtime.batcher import DynamicBatcher
 from server.runtime.decode import DecodedImage, decode
+from server.runtime.intended_use import check as intended_use_check
 from server.runtime.manifest import FINDINGS, Manifest
 from server.runtime.metrics import EngineMetrics
 from server.runtime.precision import gate
@@ -175,20 +176,28 @@ class Engine:
         for offline work (evaluation) that forms its own batches."""
         return self._run_batch(0, batch)
 
-    def prepare(self, data: bytes) -> tuple[DecodedImage, np.ndarray, float, float]:
-        """Decode and resize (CPU-bound, runs in the pool)."""
+    def prepare(
+        self, data: bytes, intended_use: bool | None = None
+    ) -> tuple[DecodedImage, np.ndarray, float, float]:
+        """Decode and resize (CPU-bound, runs in the pool). `intended_use`: True refuses a
+        DICOM outside the intended use (server/runtime/intended_use.py), False analyses it
+        with a warning; None (offline work on the user's own sets) does not look."""
         t0 = time.perf_counter()
         image = decode(data, self.settings.max_upload_bytes, self.settings.max_pixels)
+        if intended_use is not None:
+            intended_use_check(image, force=not intended_use)
         t1 = time.perf_counter()
         model_input = resize_for_model(image.pixels, self.input_size)
         return image, model_input, t1 - t0, time.perf_counter() - t1
 
-    async def predict(self, data: bytes) -> Prediction:
-        """Bytes of a PNG, JPEG or DICOM -> Prediction. Raises a DecodeError or Overloaded."""
+    async def predict(self, data: bytes, force: bool = False) -> Prediction:
+        """Bytes of a PNG, JPEG or DICOM -> Prediction. Raises a DecodeError, Overloaded, or
+        UnprocessableInput `outside_intended_use` for a DICOM that says it is not a frontal
+        chest radiograph, unless `force` (then the image's notes say so)."""
         self.metrics.requests.inc()
         try:
             started, image, model_input, decode_s, resize_s = await self._run_cpu(
-                self._timed_prepare, data
+                self._timed_prepare, data, not force
             )
         except ChexrayError as exc:
             self.metrics.errors.labels(kind=exc.code).inc()
@@ -265,9 +274,11 @@ class Engine:
             precision=self.choice.precision,
         )
 
-    def _timed_prepare(self, data: bytes) -> tuple[int, DecodedImage, np.ndarray, float, float]:
+    def _timed_prepare(
+        self, data: bytes, intended_use: bool
+    ) -> tuple[int, DecodedImage, np.ndarray, float, float]:
         """prepare, with its wall-clock start (for the trace's decode span)."""
-        return (tracing.now_ns(), *self.prepare(data))
+        return (tracing.now_ns(), *self.prepare(data, intended_use))
 
     async def _run_cpu(self, fn: Callable[..., T], *args: object) -> T:
         """Decoding and resizing in the engine's pool, off the event loop."""

@@ -93,6 +93,9 @@ class InferRequest:
     model_version: str = ""  # empty: the version served
     outputs: tuple[str, ...] = ()  # empty: every output
     id: str = ""
+    # The request parameter `force`: analyse DICOMs outside the intended use
+    # (server/runtime/intended_use.py) instead of refusing them.
+    force: bool = False
 
 
 @dataclass(frozen=True)
@@ -188,7 +191,7 @@ class Inference:
         more = count - admitted
         with engine.admission.admit(more) if more > 0 else nullcontext():
             if tensor.name == IMAGE:
-                calls = [engine.predict(bytes(x)) for x in tensor.data]
+                calls = [engine.predict(bytes(x), request.force) for x in tensor.data]
             else:
                 calls = [engine.predict_pixels(x) for x in tensor.data]
             # Every image finishes (or fails) before the places are given back.

@@ -227,9 +227,9 @@ def test_a_request_counts_as_its_images_for_admission(tiny_repo: Path) -> None:
         seen = []
         original = rig.engine.predict
 
-        async def predict(data: bytes):
+        async def predict(data: bytes, force: bool = False):
             seen.append(admission.in_flight)
-            return await original(data)
+            return await original(data, force)
 
         rig.engine.predict = predict  # type: ignore[method-assign]
         with admission.admit(2):  # two analyses of other callers in progress
