@@ -103,6 +103,30 @@ def build_parser() -> argparse.ArgumentParser:
         "check on besides the generated set",
     )
     precision.add_argument("--max-images", type=int, default=200)
+
+    pacs = sub.add_parser("pacs", help="work with the PACS through a running server")
+    psub = pacs.add_subparsers(dest="pacs_command", required=True)
+    analyse = psub.add_parser(
+        "analyse",
+        help="have the server pull a study (or series) from the PACS by WADO-RS, analyse its "
+        "radiographs and send the results back",
+    )
+    analyse.add_argument("study_uid", help="Study Instance UID")
+    analyse.add_argument("--series", help="only this Series Instance UID")
+    analyse.add_argument(
+        "--force", action="store_true", help="analyse instances outside the intended use too"
+    )
+    analyse.add_argument(
+        "--server",
+        default=None,
+        help="the server's URL (default: http://CHEXRAY_HOST:CHEXRAY_PORT)",
+    )
+    analyse.add_argument(
+        "--api-key",
+        default=None,
+        help="an API key (chx_...) or bearer token; default: the CHEXRAY_API_KEY variable",
+    )
+    analyse.add_argument("--timeout", type=float, default=600.0, help="seconds (default 600)")
     return parser
 
 
@@ -213,6 +237,50 @@ def _models_check_precision(args: argparse.Namespace) -> int:
     return 0 if all(p.passed for p in manifest.precision_checks.values()) else 1
 
 
+def _pacs_analyse(args: argparse.Namespace) -> int:
+    import os
+
+    import httpx
+
+    settings = Settings.from_env()
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+    server = (args.server or f"http://{host}:{settings.port}").rstrip("/")
+    key = args.api_key or os.environ.get("CHEXRAY_API_KEY", "")
+    if not key:
+        print("chexray pacs analyse: error: give --api-key or set CHEXRAY_API_KEY")
+        return 2
+    body = {"study_uid": args.study_uid, "force": args.force}
+    if args.series:
+        body["series_uid"] = args.series
+    try:
+        r = httpx.post(
+            f"{server}/api/v1/pacs/pulls",
+            json=body,
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=args.timeout,
+        )
+    except httpx.HTTPError as exc:
+        print(f"chexray pacs analyse: error: cannot reach {server}: {exc}")
+        return 1
+    answer = r.json() if r.headers.get("content-type", "").startswith("application/json") else {}
+    if r.status_code != 200:
+        print(
+            f"chexray pacs analyse: error {r.status_code} {answer.get('code', '')}: "
+            f"{answer.get('message', r.text[:500])}"
+        )
+        return 1
+    for item in answer["instances"]:
+        if item["analysed"]:
+            print(f"analysed  {item['sop_instance_uid']}  -> {server}{item['study_url']}")
+        else:
+            print(f"refused   {item['sop_instance_uid']}  {item['code']}: {item['message']}")
+    print(
+        f"{answer['analysed']} analysed, {answer['refused']} refused; the results go back to "
+        "the PACS (GET each study's pacs URL for where they stand)"
+    )
+    return 0
+
+
 HANDLERS: dict[str, Handler] = {
     "convert": _convert,
     "serve": _serve,
@@ -222,12 +290,14 @@ HANDLERS: dict[str, Handler] = {
     "models versions": _models_versions,
     "models use": _models_use,
     "models check-precision": _models_check_precision,
+    "pacs analyse": _pacs_analyse,
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    command = " ".join(filter(None, (args.command, getattr(args, "models_command", None))))
+    sub = getattr(args, "models_command", None) or getattr(args, "pacs_command", None)
+    command = " ".join(filter(None, (args.command, sub)))
     try:
         return HANDLERS[command](args)
     except SettingsError as exc:

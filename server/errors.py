@@ -61,3 +61,8 @@ class QuotaExceeded(ChexrayError):
 
 class InsufficientStorage(ChexrayError):
     """No room to keep the work: the disk is full, or a storage quota is reached."""
+
+
+class UpstreamError(ChexrayError):
+    """A service CheXray relies on (the PACS) refused or answered wrongly: not the caller's
+    input, and not this server's failure."""

@@ -175,6 +175,26 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     grpc_port: int = 8001
     max_request_bytes: int = 64 * 1024 * 1024
 
+    # The PACS (server/service/pacs.py): a DICOMweb service (its root URL, e.g.
+    # http://pacs:8042/dicom-web) to which each stored analysis of a DICOM is sent as a
+    # Structured Report (and its heatmaps, with pacs_send_heatmaps) by STOW-RS, and from
+    # which studies are pulled by WADO-RS. Basic auth (username and password) or a bearer
+    # token. A failed send is retried (backoff from pacs_retry_s, doubling, at most
+    # pacs_max_attempts tries) before it is marked failed.
+    pacs_url: str = ""
+    pacs_username: str = ""
+    pacs_password: str = ""
+    pacs_token: str = ""
+    pacs_send_heatmaps: bool = True
+    pacs_max_attempts: int = 6
+    pacs_retry_s: float = 10.0
+    pacs_timeout_s: float = 30.0
+    # A study pulled from the PACS holds at most this many bytes.
+    pacs_max_pull_bytes: int = 512 * 1024 * 1024
+    # DICOMweb STOW-RS into CheXray (POST /dicomweb/studies): at most this many bytes per
+    # request; each instance is still bounded by max_upload_bytes.
+    max_stow_bytes: int = 256 * 1024 * 1024
+
     # Heatmaps.
     heatmap_alpha: float = 0.45
     decode_threads: int = 2  # decoding and rendering, off the event loop
@@ -189,6 +209,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "decode_threads",
             "max_connections",
             "max_request_bytes",
+            "pacs_max_attempts",
+            "pacs_max_pull_bytes",
+            "max_stow_bytes",
         )
         for name in positive:
             if getattr(self, name) < 1:
@@ -212,6 +235,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         for name in ("anonymous_max_studies", "anonymous_hourly_per_address", "api_keys_per_user"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{PREFIX}{name.upper()} must be >= 0", name)
+        for name in ("pacs_retry_s", "pacs_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise SettingsError(f"{PREFIX}{name.upper()} must be more than 0", name)
+        if self.pacs_url and not self.pacs_url.startswith(("http://", "https://")):
+            raise SettingsError(
+                f"{PREFIX}PACS_URL must be the DICOMweb root's http:// or https:// URL, "
+                f"e.g. http://pacs:8042/dicom-web (not {self.pacs_url!r})",
+                "pacs_url",
+            )
         if not 0.0 <= self.heatmap_alpha <= 1.0:
             raise SettingsError(f"{PREFIX}HEATMAP_ALPHA must be between 0 and 1", "heatmap_alpha")
         for name in ("auth_rate_limit", "auth_account_rate_limit"):

@@ -25,6 +25,7 @@ from server.errors import (
     Unavailable,
     UnprocessableInput,
     UnsupportedInput,
+    UpstreamError,
 )
 
 log = logging.getLogger("chexray.api")
@@ -40,6 +41,7 @@ STATUS_CODES = {
     415: "unsupported_media_type",
     422: "unprocessable",
     429: "rate_limited",
+    502: "bad_gateway",
     503: "unavailable",
     507: "insufficient_storage",
 }
@@ -56,6 +58,7 @@ STATUS_OF_KIND: dict[type[ChexrayError], int] = {
     UnsupportedInput: 415,
     UnprocessableInput: 422,
     QuotaExceeded: 429,
+    UpstreamError: 502,
     Unavailable: 503,
     InsufficientStorage: 507,
 }

@@ -46,16 +46,25 @@ ERROR_CODES: dict[int, str] = {
     403: "`key_scope` (an API key used beyond inference), `csrf_failed` (a "
     "cookie-authenticated change without X-CSRF-Token), `cross_site_sign_in` (a cookie "
     "log-in from another site)",
-    404: "`not_found` (missing, or another user's), `unknown_finding`",
-    409: "`username_taken`, `key_limit` (the most API keys an account may hold)",
+    404: "`not_found` (missing, or another user's), `unknown_finding`, `not_queued` (a "
+    "study's results never queued for the PACS), `pacs_not_found` (the PACS has no such "
+    "study)",
+    409: "`username_taken`, `key_limit` (the most API keys an account may hold), `not_dicom` "
+    "(DICOM results of a study not analysed from a DICOM)",
     413: "`image_too_large`, `image_too_many_pixels`, `payload_too_large`",
     415: "`unsupported_format` (not a PNG, JPEG or DICOM, judged from the content), "
     "`unsupported_transfer_syntax`, `unsupported_media_type` (the Content-Type)",
-    422: "`corrupt_image`, `no_pixel_data`, `password_mismatch`, `weak_password`",
+    422: "`corrupt_image`, `no_pixel_data`, `password_mismatch`, `weak_password`, "
+    "`outside_intended_use` (a DICOM that says it is not a frontal chest radiograph: a "
+    "lateral view, another body part or modality; `detail.concerns` says which; repeat "
+    "with force=true to analyse it anyway)",
     429: "`rate_limited`, `anonymous_quota_exceeded` (anonymous studies kept per client "
     "address and hour), with Retry-After",
-    503: "`overloaded` (with Retry-After), `not_ready`, `models_unavailable`, or "
-    "`database_unavailable` (the database unreachable, with Retry-After)",
+    502: "`pacs_unauthorized`, `pacs_refused`, `pacs_bad_response`: the PACS refused "
+    "CheXray's request or answered wrongly",
+    503: "`overloaded` (with Retry-After), `not_ready`, `models_unavailable`, "
+    "`database_unavailable` (the database unreachable, with Retry-After), "
+    "`pacs_unavailable` (the PACS unreachable or busy), `pacs_not_configured`",
     507: "`storage_full` (no room left to keep the study; nothing of it was kept), "
     "`anonymous_storage_full` (the most anonymous studies kept at once)",
 }

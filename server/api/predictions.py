@@ -45,6 +45,12 @@ async def create_prediction(
         default="none",
         description="inline: the decoded X-ray as a base64 PNG too (a DICOM's preview)",
     ),
+    force: bool = Parameter(
+        default=False,
+        description="analyse a DICOM that says it is outside the intended use (a lateral "
+        "view, another body part or modality) instead of refusing it with 422 "
+        "`outside_intended_use`; the answer then carries a note",
+    ),
 ) -> StudyOut:
     """Analyse a chest X-ray: PNG, JPEG or DICOM, as multipart (`image` file, optional
     `title`) or as the raw body (`image/png`, `image/jpeg`, `application/dicom`).
@@ -55,6 +61,13 @@ async def create_prediction(
     `delete_token`, the one-time secret that deletes them (`DELETE /api/v1/studies/{id}`
     with header `X-Delete-Token`). With CHEXRAY_REQUIRE_AUTH, anonymous callers get 401.
     503 with Retry-After when the wait for the engine would exceed the server's budget.
+
+    A DICOM is judged by what it says it is: the networks were trained on frontal chest
+    radiographs, so a lateral view, another body part or a modality other than CR/DX is
+    refused (422 `outside_intended_use`) unless `force=true`. Its Modality,
+    BodyPartExamined, ViewPosition and PatientOrientation come back under `image.dicom`
+    (never who the patient is); a stored DICOM study has its results as DICOM objects too
+    (`urls.dicom_sr`, `urls.dicom_heatmaps`).
     """
     require_caller(principal, settings)
     by_key = principal is not None and principal.by_key
@@ -78,6 +91,11 @@ async def create_prediction(
             heatmap=mode == "inline",
             image=image == "inline",
             client=client_key(request),
+            force=force,
         )
         analysis = await service.predictions.analyse(data, options)
-    return study_out(request, analysis.result, analysis)
+    result = analysis.result
+    # A stored DICOM's results were just queued for the PACS, when one is configured.
+    queued = result.stored and result.image.dicom is not None and service.pacs.enabled
+    pacs = await service.pacs.status(result.id) if queued and result.id else None
+    return study_out(request, result, analysis, pacs)

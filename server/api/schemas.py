@@ -136,12 +136,24 @@ class Member(msgspec.Struct):
     probabilities: dict[str, float]
 
 
+class DicomInfo(msgspec.Struct, omit_defaults=True):
+    """What a DICOM source says it is (never whose it is): the attributes the intended use
+    is judged by. Absent attributes are left out."""
+
+    Modality: str | None = None
+    BodyPartExamined: str | None = None
+    ViewPosition: str | None = None
+    PatientOrientation: str | None = None
+    SOPClassUID: str | None = None
+
+
 class ImageInfo(msgspec.Struct):
     format: str
     width: int
     height: int
     bit_depth: int
     notes: list[str]
+    dicom: DicomInfo | None = None  # DICOM sources only
 
 
 class Timings(msgspec.Struct):
@@ -159,6 +171,24 @@ class Urls(msgspec.Struct):
     image: str
     heatmap: str
     heatmaps: dict[str, str]  # per finding
+    # Studies analysed from a DICOM: their results as DICOM objects (application/dicom)
+    # in the source's study, and where their transfer to the PACS stands.
+    dicom_sr: str | None = None
+    dicom_heatmaps: dict[str, str] | None = None  # per finding
+    pacs: str | None = None
+
+
+class PacsTransferOut(msgspec.Struct):
+    """A study's results on their way to the PACS: pending (waiting for a try, the next at
+    `next_try_at`), sent, or failed (`detail` says why; POST to this URL to send again)."""
+
+    status: Literal["pending", "sent", "failed"]
+    attempts: int
+    detail: str
+    updated_at: dt.datetime
+    next_try_at: dt.datetime | None = None
+    sent_at: dt.datetime | None = None
+    sent_instances: list[str] = []
 
 
 class StudyOut(msgspec.Struct):
@@ -188,6 +218,8 @@ class StudyOut(msgspec.Struct):
     # the secret that deletes them sooner: DELETE the study with header X-Delete-Token.
     expires_at: dt.datetime | None = None
     delete_token: str | None = None
+    # Studies analysed from a DICOM, with a PACS configured: where their results stand.
+    pacs: PacsTransferOut | None = None
 
 
 class StudySummary(msgspec.Struct):

@@ -388,7 +388,7 @@ class DicomWebClient:
         return PacsTooLarge(
             f"the PACS's answer for {what} holds {size}, over the {bound} bytes this server "
             "takes in one retrieve; retrieve a series at a time, or raise "
-            "CHEXRAY_PACS_MAX_RETRIEVE_BYTES",
+            "CHEXRAY_PACS_MAX_PULL_BYTES",
             {"limit_bytes": bound, "declared_bytes": declared},
         )
 

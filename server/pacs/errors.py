@@ -5,13 +5,13 @@ Each kind that has a natural status in the generic table also derives from that 
 kind, first in its bases, so `server/api/errors.py` maps it without a row of its own:
 the PACS being down is `Unavailable` (503), a study it does not hold is `NotFound` (404), a
 retrieve over the byte bound is `TooLarge` (413). The others (`PacsUnauthorized`,
-`PacsRefused`, `PacsBadResponse`) are the PACS's failure, not the caller's: they need a
-gateway status (502) for `PacsError` in that table.
+`PacsRefused`, `PacsBadResponse`) are the PACS's failure, not the caller's: as
+`UpstreamError`s they are answered 502.
 """
 
 from __future__ import annotations
 
-from server.errors import ChexrayError, NotFound, TooLarge, Unavailable
+from server.errors import NotFound, TooLarge, Unavailable, UpstreamError
 
 # Retry-After on a 429/503 is honoured up to this many seconds; past it, a caller should
 # not hold work that long on the PACS's word.
@@ -19,7 +19,7 @@ MAX_RETRY_AFTER_S = 3600.0
 REASON_CHARS = 300  # the most of the PACS's own error text that a message quotes
 
 
-class PacsError(ChexrayError):
+class PacsError(UpstreamError):
     """Any failure talking to the PACS. `retryable`: whether the same request may succeed
     later unchanged."""
 

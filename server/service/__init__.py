@@ -1,7 +1,10 @@
 """The prediction service, below every protocol: front ends (REST and the Open Inference
-Protocol today; DICOMweb next) translate their requests into these calls and the answers back.
+Protocol, DICOMweb) translate their requests into these calls and the answers back.
 
-    Service.predictions  analyse bytes -> Analysis; stored studies, images, heatmaps
+    Service.predictions  analyse bytes -> Analysis; stored studies, images, heatmaps, and
+                         their DICOM results (Structured Report, heatmap objects)
+    Service.intake       DICOM instances -> one stored analysis each (DICOMweb STOW-RS)
+    Service.pacs         results to the PACS (queued, retried) and studies from it
     Service.inference    named tensors -> the engine -> named arrays (Open Inference Protocol)
     Service.accounts     register, sign in, tokens and API keys -> Principal, profile,
                          password
@@ -25,7 +28,9 @@ from server.runtime.findings import FINDINGS, finding_for, present, slug
 from server.runtime.manifest import Calibration, Manifest, PrecisionCheck
 from server.runtime.state import EngineState
 from server.service.accounts import Accounts, Principal
+from server.service.dicom_intake import InstanceOutcome
 from server.service.inference import Inference
+from server.service.pacs import PacsLink, Transfer
 from server.service.predictions import AnalyseOptions, Analysis, Predictions, heatmap_file
 from server.service.results import ImageMeta, Result
 from server.settings import Settings
@@ -40,12 +45,14 @@ __all__ = [
     "ApiKey",
     "Calibration",
     "ImageMeta",
+    "InstanceOutcome",
     "Manifest",
     "PrecisionCheck",
     "Principal",
     "Result",
     "Service",
     "Serving",
+    "Transfer",
     "User",
     "finding_for",
     "heatmap_file",
@@ -85,7 +92,10 @@ class Service:
             settings.anonymous_max_studies,
             settings.anonymous_hourly_per_address,
             self.counts,
+            on_dicom_stored=self._dicom_stored,
         )
+        self.pacs = PacsLink(settings, self.store, self.predictions)
+        self.intake = self.pacs.intake
         self.accounts = Accounts(
             self.store, settings.token_lifetime_hours, settings.api_keys_per_user
         )
@@ -104,6 +114,10 @@ class Service:
             self.engines.boot(lambda: Engine(self.settings, self.registry, self._manifest))
         )
         self._sweeper = asyncio.create_task(self._sweep_forever())
+        self.pacs.start()
+
+    async def _dicom_stored(self, study_id: str) -> None:
+        await self.pacs.queue(study_id)
 
     async def _sweep_forever(self) -> None:
         """The full sweep at start-up (repeated until it succeeds), then the periodic one."""
@@ -122,6 +136,7 @@ class Service:
         for task in (self._boot, self._sweeper):
             if task is not None:
                 task.cancel()
+        await self.pacs.stop()
         await self.engines.stop()
         self.renderer.close()
         self.store.close()

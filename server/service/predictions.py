@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
@@ -28,8 +29,15 @@ from server.errors import (
     QuotaExceeded,
     Unauthenticated,
 )
-from server.runtime.findings import slug
+from server.runtime.findings import FINDINGS, slug
 from server.runtime.state import EngineState
+from server.service.dicom_results import (
+    SOURCE_HEADER,
+    header_bytes,
+    heatmap_bytes,
+    not_dicom,
+    sr_bytes,
+)
 from server.service.results import Result, result_from_prediction, result_from_study, study_row
 from server.store.media import IMAGE_FILE
 from server.store.models import Study
@@ -54,6 +62,9 @@ class AnalyseOptions:
     heatmap: bool = False  # draw the combined heatmap PNG for the answer
     image: bool = False  # encode the decoded X-ray as PNG for the answer
     client: str | None = None  # the caller's address: anonymous studies are counted by it
+    # Analyse a DICOM outside the intended use (server/runtime/intended_use.py) instead of
+    # refusing it; its answer then says so.
+    force: bool = False
 
 
 @dataclass(frozen=True)
@@ -108,10 +119,13 @@ class Predictions:
         max_anonymous: int = 10_000,
         anonymous_per_address_hourly: int = 0,
         counts: Counts | None = None,
+        on_dicom_stored: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         """`max_anonymous`: anonymous studies kept at once (0: none);
         `anonymous_per_address_hourly`: per client address and hour (0: no limit), counted
-        in `counts` (default: this process's memory)."""
+        in `counts` (default: this process's memory); `on_dicom_stored`: called with the id
+        of each study stored from a DICOM (the PACS link queues its results)."""
+        self.on_dicom_stored = on_dicom_stored
         self.engines = engines
         self.store = store
         self.renderer = renderer
@@ -150,15 +164,16 @@ class Predictions:
         expires = self.store.expires_at(study.created_at, study.owner_id)
         return dataclasses.replace(result_from_study(study), expires_at=expires)
 
-    def admit(self) -> AbstractContextManager[None]:
-        """A place for one analysis, taken before its bytes are read (Overloaded: 503 with
-        Retry-After when the wait would exceed the budget, or while shutting down)."""
-        return self.engines.require().admission.admit()
+    def admit(self, count: int = 1) -> AbstractContextManager[None]:
+        """Places for `count` analyses, taken before their bytes are read (Overloaded: 503
+        with Retry-After when the wait would exceed the budget, or while shutting down)."""
+        return self.engines.require().admission.admit(count)
 
     async def analyse(self, data: bytes, options: AnalyseOptions) -> Analysis:
-        """Predict; when stored, keep the decoded image as PNG (never the DICOM, so no patient
-        data at rest) and the combined heatmap beside the study row. An anonymous study is
-        kept only within the quotas, and comes with its deletion secret."""
+        """Predict; when stored, keep the decoded image as PNG and the combined heatmap beside
+        the study row, and for a DICOM its header without pixels (the patient and study its
+        DICOM results must name; deleted with the study). An anonymous study is kept only
+        within the quotas, and comes with its deletion secret."""
         anonymous = options.store and options.owner_id is None
         counted = await self._admit_anonymous(options.client) if anonymous else None
         try:
@@ -174,7 +189,7 @@ class Predictions:
 
     async def _analyse(self, data: bytes, options: AnalyseOptions, anonymous: bool) -> Analysis:
         start = time.perf_counter()
-        prediction = await self.engines.require().predict(data)
+        prediction = await self.engines.require().predict(data, options.force)
         keep = options.store
         heat = image = heatmap_ms = None
         if keep or options.heatmap:
@@ -195,15 +210,26 @@ class Predictions:
             row = study_row(result)
             if anonymous:
                 delete_token, row.delete_token_hash = new_delete_token()
+            files = {IMAGE: image, HEATMAP: heat}
+            header = prediction.image.dicom_header
+            if header is not None:
+                try:
+                    files[SOURCE_HEADER] = header_bytes(header)
+                except Exception as exc:  # a header pydicom cannot write back (damaged values)
+                    log.warning("DICOM header not kept, no DICOM results for it: %s", exc)
+                    header = None
             try:
                 with tracing.span("store"):
-                    stored = await self.store.add_study(row, {IMAGE: image, HEATMAP: heat})
+                    stored = await self.store.add_study(row, files)
             except OwnerGone:
                 raise Unauthenticated(
                     "invalid_token",
                     "the account was deleted while this study was being kept; nothing was kept",
                 ) from None
             result = self._result(stored)
+            # Only an account's studies go to the PACS: an anonymous caller never writes there.
+            if header is not None and stored.owner_id is not None and self.on_dicom_stored:
+                await self.on_dicom_stored(stored.id)
         return Analysis(
             result,
             heat if options.heatmap else None,
@@ -278,3 +304,24 @@ class Predictions:
         if not kept:
             raise not_found()  # deleted while it was being drawn
         return png
+
+    # -- DICOM results ---------------------------------------------------------------------
+
+    async def _source_header(self, study: Study) -> bytes:
+        if study.image_format != "dicom":
+            raise not_dicom()
+        header = await self.store.read_file(study.id, SOURCE_HEADER)
+        if header is None:
+            raise not_dicom()  # analysed before DICOM results existed, or not kept
+        return header
+
+    async def dicom_sr(self, study: Study) -> bytes:
+        """The study's Structured Report (TID 1500) as a Part 10 file, of a study from
+        `study()`; Conflict `not_dicom` for a study not analysed from a DICOM."""
+        return await sr_bytes(await self._source_header(study), study)
+
+    async def dicom_heatmaps(self, study: Study, findings: Sequence[str] = FINDINGS) -> list[bytes]:
+        """The heatmap objects of `findings` (FINDINGS order), Part 10 files."""
+        header = await self._source_header(study)
+        pngs = {f: await self.heatmap(study, f) for f in findings}
+        return await heatmap_bytes(header, study, pngs)

@@ -18,6 +18,10 @@ UNTRAINED_WARNING = (
 )
 
 
+# The DICOM attributes an answer shows: what the image is (never whose it is).
+DICOM_SHOWN = ("Modality", "BodyPartExamined", "ViewPosition", "PatientOrientation", "SOPClassUID")
+
+
 @dataclass(frozen=True)
 class ImageMeta:
     format: str
@@ -25,6 +29,17 @@ class ImageMeta:
     height: int
     bit_depth: int
     notes: list[str]
+    dicom: dict[str, str] | None = None  # DICOM_SHOWN attributes the source had
+
+
+def dicom_shown(tags: dict[str, object]) -> dict[str, str]:
+    out = {}
+    for name in DICOM_SHOWN:
+        value = tags.get(name)
+        if value is None or value == "":
+            continue
+        out[name] = "\\".join(map(str, value)) if isinstance(value, list | tuple) else str(value)
+    return out
 
 
 @dataclass(frozen=True)
@@ -84,7 +99,12 @@ def result_from_prediction(
         member_probabilities={k: _floats(v) for k, v in p.member_probabilities.items()},
         cam_maps=np.asarray(p.cam_maps, np.float32).round(6).tolist(),
         image=ImageMeta(
-            p.image.format, p.image.width, p.image.height, p.image.bit_depth, list(p.image.notes)
+            p.image.format,
+            p.image.width,
+            p.image.height,
+            p.image.bit_depth,
+            list(p.image.notes),
+            dicom_shown(p.image.dicom) if p.image.format == "dicom" else None,
         ),
         timings={
             "decode_ms": t.decode_ms,
@@ -119,7 +139,7 @@ _SAME = (
 
 
 def result_from_study(s: Study) -> Result:
-    image = ImageMeta(s.image_format, s.width, s.height, s.bit_depth, s.notes)
+    image = ImageMeta(s.image_format, s.width, s.height, s.bit_depth, s.notes, s.dicom)
     return Result(image=image, **{name: getattr(s, name) for name in _SAME})
 
 
@@ -132,5 +152,6 @@ def study_row(r: Result) -> Study:
         height=r.image.height,
         bit_depth=r.image.bit_depth,
         notes=r.image.notes,
+        dicom=r.image.dicom,
         **{name: getattr(r, name) for name in _SAME},
     )

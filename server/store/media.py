@@ -1,4 +1,4 @@
-"""Files of studies on disk: <data>/media/<study id>/<name>.png.
+"""Files of studies on disk: <data>/media/<study id>/<name> (PNGs, a DICOM header).
 
 Names are generated here, never taken from a client, and study ids are random tokens
 checked against a strict pattern, so no request can reach outside the media folder.
@@ -21,7 +21,8 @@ from pathlib import Path
 from server.files import TEMP_PREFIX, fsync_dir, write_atomic
 
 STUDY_ID = re.compile(r"^[A-Za-z0-9_-]{16,32}$")
-FILE_NAME = re.compile(r"^(image|heatmap|heatmap-[a-z_]+)\.png$")
+# A DICOM source's header (no pixels) is kept as source-header.dcm (service/dicom_results.py).
+FILE_NAME = re.compile(r"^((image|heatmap|heatmap-[a-z_]+)\.png|source-header\.dcm)$")
 # The one file a stored study cannot do without: heatmaps can be drawn again from it.
 IMAGE_FILE = "image.png"
 

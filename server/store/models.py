@@ -83,6 +83,10 @@ class Study(SQLModel, table=True):
     height: int
     bit_depth: int
     notes: list[str] = Field(sa_column=Column(JSON, nullable=False))
+    # A DICOM source's Modality, BodyPartExamined, ViewPosition, ... (service/results.py);
+    # None for PNG and JPEG. Such a study keeps its source's header (no pixels) beside its
+    # image, so that its results can be written as DICOM objects in the source's study.
+    dicom: dict | None = Field(default=None, sa_column=Column(JSON, nullable=True))
     timings: dict = Field(sa_column=Column(JSON, nullable=False))
     # What answered (e.g. openvino-cpu-bf16, bf16); None for studies stored before it was
     # recorded. Nullable columns added later are added to older databases at start-up.
@@ -137,3 +141,25 @@ class RateCount(SQLModel, table=True):
 
 
 Index("ix_rate_counts_window_expires", RateCount.window, RateCount.expires_at)
+
+
+class PacsTransfer(SQLModel, table=True):
+    """A stored study's DICOM results on their way to the PACS (server/service/pacs.py):
+    pending (waiting for its next try), sent, or failed (with the reason). The row goes
+    with its study. `lease_until` lets one replica at a time send it."""
+
+    __tablename__ = "pacs_transfers"
+
+    study_id: str = Field(
+        foreign_key="studies.id", primary_key=True, max_length=32, ondelete="CASCADE"
+    )
+    status: str = Field(default="pending", max_length=16, index=True)
+    attempts: int = 0
+    detail: str = Field(default="", max_length=2000)
+    created_at: dt.datetime = Field(default_factory=utcnow)
+    updated_at: dt.datetime = Field(default_factory=utcnow)
+    next_try_at: dt.datetime = Field(default_factory=utcnow, index=True)
+    lease_until: dt.datetime | None = None
+    sent_at: dt.datetime | None = None
+    # SOP instance UIDs the PACS acknowledged, for the record.
+    sent_instances: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))

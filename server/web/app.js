@@ -90,6 +90,30 @@ function findingsList(study) {
   }));
 }
 
+// A study analysed from a DICOM: what the source said it is, its results as DICOM objects
+// (downloads) and where their transfer to the PACS stands.
+function dicomSection(study) {
+  const urls = study.urls;
+  if (!urls || !urls.dicom_sr) return null;
+  const d = study.image.dicom || {};
+  const said = ["Modality", "BodyPartExamined", "ViewPosition"].filter((k) => d[k]).map((k) => `${k} ${d[k]}`);
+  const links = h("ul", { class: "dicom-links" },
+    h("li", {}, h("a", { href: urls.dicom_sr, download: "", text: "Structured Report (DICOM SR)" })),
+    Object.entries(urls.dicom_heatmaps).map(([name, href]) =>
+      h("li", {}, h("a", { href, download: "", text: `Heatmap: ${name} (DICOM)` }))));
+  const parts = [h("h3", { text: "DICOM" })];
+  if (said.length) parts.push(h("p", { class: "meta", text: said.join(" · ") }));
+  parts.push(links);
+  if (study.pacs) {
+    const p = study.pacs;
+    const text = p.status === "sent" ? `Sent to the PACS (${formatDate(p.sent_at)})`
+      : p.status === "failed" ? `Not sent to the PACS: ${p.detail}`
+        : `Waiting to be sent to the PACS${p.detail ? `: ${p.detail}` : ""}`;
+    parts.push(h("p", { class: p.status === "failed" ? "warn small" : "meta", "data-pacs": p.status, text }));
+  }
+  return h("section", { class: "dicom", "aria-label": "DICOM results" }, parts);
+}
+
 function resultView(study, imageSrc) {
   const img = h("img", { class: "xray", alt: `X-ray${study.title ? `: ${study.title}` : ""}` });
   const heat = h("canvas", { class: "heat", role: "img", "aria-label": "Heatmap of the findings present" });
@@ -131,6 +155,8 @@ function resultView(study, imageSrc) {
   if (!study.trained) {
     info.push(h("p", { class: "warn small", text: "Untrained models: these numbers are meaningless." }));
   }
+  const dicom = dicomSection(study);
+  if (dicom) info.push(dicom);
   return h("div", { class: "result", id: "result" },
     h("figure", { class: "viewer" },
       h("div", { class: "stack" }, img, heat),

@@ -336,3 +336,26 @@ def test_with_require_auth_the_app_asks_to_sign_in(new_page, strict_base, files)
     ready(page, "#/analyse")
     page.wait_for_selector("#sign-in-required")
     assert page.errors == []
+
+
+def test_a_dicom_study_offers_its_results_as_dicom(new_page, tmp_path: Path, shots) -> None:
+    import pydicom
+
+    from tests.support.dicom_studies import chest_instance
+
+    source = tmp_path / "chest.dcm"
+    source.write_bytes(chest_instance(seed=4))
+    page = new_page()
+    register_in_page(page, "dora")
+    analyse(page, source, "CR from the PACS")
+    page.click("#analysis a[href^='#/study/']")
+    section = page.wait_for_selector("section.dicom")
+    assert "Modality CR · BodyPartExamined CHEST · ViewPosition PA" in section.inner_text()
+    assert page.locator("section.dicom a").count() == 6  # the report and five heatmaps
+    with page.expect_download() as download:
+        page.click("text=Structured Report (DICOM SR)")
+    sr = pydicom.dcmread(download.value.path())
+    assert sr.StudyInstanceUID == pydicom.dcmread(source).StudyInstanceUID
+    assert sr.Modality == "SR"
+    page.screenshot(path=str(shots / "study-dicom.png"), full_page=True)
+    assert page.errors == []

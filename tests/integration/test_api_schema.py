@@ -85,7 +85,9 @@ def test_uploads_and_credentials_are_documented(c) -> None:
         "POST /api/v1/predictions",
         "POST /api/chexray/upload",
         "POST /api/chexray/anonupload",
+        "POST /api/v1/pacs/pulls",  # analyses what it pulls: inference
     }
+    assert {} not in ops["POST /api/v1/pacs/pulls"]["security"]  # never anonymous
     for name in ("POST /api/v1/me/keys", "GET /api/v1/me/keys", "DELETE /api/v1/me/keys/{key_id}"):
         assert ops[name]["security"] == [{"bearer": []}, {"session": []}], name
     assert set(ops["POST /api/v1/me/keys"]["responses"]) >= {"201", "400", "401", "403", "409"}
