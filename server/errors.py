@@ -31,6 +31,10 @@ class Unauthenticated(ChexrayError):
     """No valid credentials."""
 
 
+class Forbidden(ChexrayError):
+    """Known, but not allowed to do this (e.g. an administrator's action)."""
+
+
 class NotFound(ChexrayError):
     """No such thing, or not the caller's to see (the two are never told apart)."""
 

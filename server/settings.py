@@ -89,6 +89,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     require_auth: bool = False
     # API keys (inference only) one account may hold at once; 0: none can be created.
     api_keys_per_user: int = 20
+    # Administrators (switch model versions, canary and shadow, read the audit log): these
+    # usernames; empty: the first account registered (the lowest id still present).
+    admins: tuple[str, ...] = ()
     # Sign-in limits, N per S seconds (server/api/ratelimit.py): attempts (log in, register,
     # password change) per client address, and failed ones per username and address.
     auth_rate_limit: str = "10/60"

@@ -102,7 +102,10 @@ async def profile(service: Service, user: User, count: int | None = None) -> Pro
     """The user's profile; `count` (their studies) is looked up unless given."""
     if count is None:
         count = await service.accounts.study_count(user)
-    return Profile(user.id, user.username, user.email, user.full_name, user.date_joined, count)
+    admin = await service.accounts.is_admin(user)
+    return Profile(
+        user.id, user.username, user.email, user.full_name, user.date_joined, count, admin
+    )
 
 
 @post(

@@ -16,6 +16,7 @@ from server.api.schemas import Error
 from server.errors import (
     ChexrayError,
     Conflict,
+    Forbidden,
     InsufficientStorage,
     InvalidInput,
     NotFound,
@@ -52,6 +53,7 @@ STATUS_CODES = {
 STATUS_OF_KIND: dict[type[ChexrayError], int] = {
     InvalidInput: 400,
     Unauthenticated: 401,
+    Forbidden: 403,
     NotFound: 404,
     Conflict: 409,
     TooLarge: 413,

@@ -43,7 +43,8 @@ ERROR_CODES: dict[int, str] = {
     "inference too with CHEXRAY_REQUIRE_AUTH), `invalid_token` (unknown, expired or "
     "revoked), `invalid_api_key` (unknown or revoked), `invalid_credentials` (a malformed "
     "Authorization or X-API-Key header, or a wrong username or password)",
-    403: "`key_scope` (an API key used beyond inference), `csrf_failed` (a "
+    403: "`not_admin` (an administrator's action), `key_scope` (an API key used beyond "
+    "inference), `csrf_failed` (a "
     "cookie-authenticated change without X-CSRF-Token), `cross_site_sign_in` (a cookie "
     "log-in from another site)",
     404: "`not_found` (missing, or another user's), `unknown_finding`, `not_queued` (a "

@@ -56,6 +56,7 @@ class Profile(msgspec.Struct):
     full_name: str
     date_joined: dt.datetime
     study_count: int
+    is_admin: bool = False  # may switch model versions and read the audit log
 
 
 class SessionOut(msgspec.Struct):

@@ -97,7 +97,7 @@ class Service:
         self.pacs = PacsLink(settings, self.store, self.predictions)
         self.intake = self.pacs.intake
         self.accounts = Accounts(
-            self.store, settings.token_lifetime_hours, settings.api_keys_per_user
+            self.store, settings.token_lifetime_hours, settings.api_keys_per_user, settings.admins
         )
         self.inference = Inference(self.engines, self.readiness, settings.max_queue)
         self._manifest = manifest

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from sqlmodel import Session
 
-from server.errors import Conflict, NotFound, Unauthenticated, UnprocessableInput
+from server.errors import Conflict, Forbidden, NotFound, Unauthenticated, UnprocessableInput
 from server.store import accounts
 from server.store.models import ApiKey, Token, User
 from server.store.passwords import policy_problems
@@ -108,10 +108,33 @@ def _create_key(s: Session, user_id: int, name: str, limit: int) -> tuple[str, A
 
 
 class Accounts:
-    def __init__(self, store: Store, token_lifetime_hours: float, keys_per_user: int = 20) -> None:
+    def __init__(
+        self,
+        store: Store,
+        token_lifetime_hours: float,
+        keys_per_user: int = 20,
+        admins: tuple[str, ...] = (),
+    ) -> None:
+        """`admins`: the administrators' usernames; empty: the oldest account present."""
         self.store = store
         self.lifetime = dt.timedelta(hours=token_lifetime_hours)
         self.keys_per_user = keys_per_user
+        self.admins = frozenset(admins)
+
+    async def is_admin(self, user: User) -> bool:
+        """Administrators switch model versions, run canaries and read the audit log."""
+        if self.admins:
+            return user.username in self.admins
+        return user.id is not None and user.id == await self.store.call(accounts.first_user_id)
+
+    async def require_admin(self, who: Principal) -> None:
+        """Forbidden `not_admin` unless `who` is an administrator signed in (not a key)."""
+        if who.by_key or not await self.is_admin(who.user):
+            raise Forbidden(
+                "not_admin",
+                "only administrators may do this (CHEXRAY_ADMINS names them; by default the "
+                "first account registered)",
+            )
 
     async def register(
         self,

@@ -219,3 +219,8 @@ def delete_user(s: Session, user_id: int) -> list[str]:
     s.exec(delete(User).where(col(User.id) == user_id))
     s.commit()
     return [row[0] for row in ids]
+
+
+def first_user_id(s: Session) -> int | None:
+    """The id of the oldest account still present (the default administrator)."""
+    return s.exec(select(func.min(User.id))).one()
