@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from server.errors import InvalidInput
 
 CODE = "invalid_multipart"
-MAX_BOUNDARY = 70  # RFC 2046
+# RFC 2046 says 70; Orthanc sends 73 (two UUIDs): be liberal in what is accepted.
+MAX_BOUNDARY = 200
 # A part's header block this long without its blank line is binary data without headers.
 MAX_HEADER_BYTES = 16 * 1024
 # RFC 2046's bchars: digits, letters and '()+_,-./:=? and space (not last).
@@ -93,8 +94,8 @@ def _boundary(content_type: str | None) -> tuple[bytes, dict[str, str]]:
     raw = boundary.encode("latin-1", "replace")
     if len(raw) > MAX_BOUNDARY or raw.endswith(b" ") or not set(raw) <= _BCHARS:
         raise _invalid(
-            "the boundary must be 1 to 70 letters, digits or '()+_,-./:=? (not ending in a "
-            "space); quote it if it holds any of these, and send one that is",
+            f"the boundary must be 1 to {MAX_BOUNDARY} letters, digits or '()+_,-./:=? (not "
+            "ending in a space); quote it if it holds any of these, and send one that is",
             boundary=boundary[:100],
         )
     return raw, params

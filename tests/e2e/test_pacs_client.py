@@ -308,7 +308,7 @@ def test_retrieve_over_the_byte_bound(orthanc: OrthancServer) -> None:
         run(retrieve(one + 1000))  # room for one instance, not two
     error = caught.value
     assert error.code == "pacs_response_too_large" and not error.retryable
-    assert "CHEXRAY_PACS_MAX_RETRIEVE_BYTES" in error.message
+    assert "CHEXRAY_PACS_MAX_PULL_BYTES" in error.message
     assert error.detail["limit_bytes"] == one + 1000
     assert len(run(retrieve(4 * one))) == 2
 

@@ -234,3 +234,24 @@ def test_wrong_pacs_credentials_fail_without_retrying(orthanc, tiny_repo: Path, 
         assert "CHEXRAY_PACS_PASSWORD" in state["detail"] or "credentials" in state["detail"]
         pull = http.post("/api/v1/pacs/pulls", json={"study_uid": generate_uid()}, headers=auth)
         assert pull.status_code == 502 and pull.json()["code"] == "pacs_unauthorized"
+
+
+def test_orthanc_sends_a_study_to_chexray_as_the_readme_configures_it(orthanc, chexray) -> None:
+    """Orthanc's DICOMweb plugin, with CheXray as one of its DICOMweb servers (what the
+    README tells a PACS administrator to configure), pushes a study by STOW-RS."""
+    url, http, auth, key = chexray
+    server = {"Url": f"{url}/dicomweb/", "HttpHeaders": {"Authorization": f"Bearer {key}"}}
+    r = httpx.put(f"{orthanc.url}/dicom-web/servers/chexray", auth=orthanc.auth, json=server)
+    assert r.status_code == 200, r.text
+    study_uid = generate_uid()
+    stored = orthanc.upload(chest_instance(study_uid=study_uid, seed=8))
+    r = httpx.post(
+        f"{orthanc.url}/dicom-web/servers/chexray/stow",
+        auth=orthanc.auth,
+        json={"Resources": [stored["ParentStudy"]]},
+        timeout=120,
+    )
+    assert r.status_code == 200, r.text
+    (summary,) = http.get("/api/v1/studies", headers=auth).json()["items"]
+    assert wait_sent(http, summary["id"], auth)["status"] == "sent"
+    assert len(pacs_objects(orthanc, study_uid)) == 1 + 6  # the source and CheXray's results
