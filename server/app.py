@@ -24,6 +24,7 @@ from server import tracing
 from server.api import (
     accounts,
     dicomweb,
+    dimse,
     keys,
     legacy,
     oip_grpc,
@@ -134,12 +135,17 @@ def create_app(settings: Settings | None = None, manifest: Manifest | None = Non
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         await service.start()
         grpc_server = None
+        scp = dimse.StorageScp(service, settings) if settings.dimse_port else None
         try:
             # The Open Inference Protocol's gRPC service, in this process and event loop.
             if settings.grpc_port:
                 grpc_server = await oip_grpc.start(service, settings)
+            if scp is not None:
+                await scp.start()
             yield
         finally:
+            if scp is not None:
+                scp.stop()
             if grpc_server is not None:
                 # Admitted work has drained by now (server/http_server.py); a few seconds
                 # for answers still being sent.

@@ -194,6 +194,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     pacs_timeout_s: float = 30.0
     # A study pulled from the PACS holds at most this many bytes.
     pacs_max_pull_bytes: int = 512 * 1024 * 1024
+    # DICOM's own network protocol (DIMSE) for modalities that only push C-STORE: a Storage
+    # SCP on dimse_port (0: off) as AE title dimse_ae_title. DIMSE carries no credentials,
+    # so what it receives goes into the history of the account dimse_owner, and only the
+    # calling AE titles in dimse_calling_aes are accepted (empty: any, on a trusted network).
+    dimse_port: int = 0
+    dimse_ae_title: str = "CHEXRAY"
+    dimse_owner: str = ""
+    dimse_calling_aes: tuple[str, ...] = ()
     # DICOMweb STOW-RS into CheXray (POST /dicomweb/studies): at most this many bytes per
     # request; each instance is still bounded by max_upload_bytes.
     max_stow_bytes: int = 256 * 1024 * 1024
@@ -241,6 +249,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         for name in ("pacs_retry_s", "pacs_timeout_s"):
             if not getattr(self, name) > 0:
                 raise SettingsError(f"{PREFIX}{name.upper()} must be more than 0", name)
+        if not 0 <= self.dimse_port <= 65535 or (self.dimse_port and not self.dimse_owner):
+            raise SettingsError(
+                f"{PREFIX}DIMSE_PORT must be 0 (off) to 65535, and with a port set "
+                f"{PREFIX}DIMSE_OWNER must name the account that receives what arrives",
+                "dimse_port",
+            )
+        if not 1 <= len(self.dimse_ae_title) <= 16:
+            raise SettingsError(
+                f"{PREFIX}DIMSE_AE_TITLE must be 1 to 16 characters", "dimse_ae_title"
+            )
         if self.pacs_url and not self.pacs_url.startswith(("http://", "https://")):
             raise SettingsError(
                 f"{PREFIX}PACS_URL must be the DICOMweb root's http:// or https:// URL, "

@@ -136,6 +136,9 @@ class Accounts:
                 "first account registered)",
             )
 
+    async def user_named(self, username: str) -> User | None:
+        return await self.store.call(accounts.find_user, username)
+
     async def register(
         self,
         username: str,
