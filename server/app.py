@@ -23,6 +23,7 @@ from chexray import __version__
 from server import tracing
 from server.api import (
     accounts,
+    admin,
     dicomweb,
     keys,
     legacy,
@@ -89,6 +90,7 @@ ROUTES = [
     operations.ready,
     operations.metrics,
     operations.models,
+    *admin.ROUTES,
     web.index,
     web.static,
 ]
