@@ -64,11 +64,15 @@ def _share(key: str | None) -> float:
     return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2**64
 
 
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
 @dataclass
 class RolloutStats:
     """What a rollout has seen since it started (or since the primary last changed)."""
 
-    since: str = field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat("seconds"))
+    since: str = field(default_factory=lambda: _now())
     answers: dict[str, int] = field(default_factory=dict)
     latencies: dict[str, deque[float]] = field(default_factory=dict)
     mirrored: int = 0  # primary answers handed to the candidate (shadow)
