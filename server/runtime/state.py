@@ -450,6 +450,9 @@ class EngineState:
                 self.rollout = Rollout(mode, rollout.engine, fraction)
                 return
             engine = await self._load(version)
+            if self._stopped:  # shutting down meanwhile
+                await engine.stop()
+                raise Unavailable("shutting_down", "the server is stopping")
             self.rollout = Rollout(mode, engine, fraction)
             if rollout is not None:
                 self._retire(rollout.engine)
