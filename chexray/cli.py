@@ -11,8 +11,12 @@ import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from server.settings import Settings, SettingsError
+
+if TYPE_CHECKING:
+    from server.runtime.manifest import Manifest
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -85,10 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
     versions = msub.add_parser("versions", help="list the archived manifest versions")
     versions.add_argument("--dir", type=Path, default=None)
     use = msub.add_parser(
-        "use", help="serve an archived version again (after a restart), e.g. to undo a calibration"
+        "use",
+        help="serve an archived version again, e.g. to undo a calibration: at once on a running "
+        "server given an administrator's token, else after a restart",
     )
     use.add_argument("version")
     use.add_argument("--dir", type=Path, default=None)
+    _add_live_switch_arguments(use)
     precision = msub.add_parser(
         "check-precision",
         help="compare every backend and precision this machine can serve with fp32 and "
@@ -196,15 +203,16 @@ def _models_versions(args: argparse.Namespace) -> int:
 
 def _models_use(args: argparse.Namespace) -> int:
     from server.runtime.manifest import RepositoryError
-    from server.runtime.repository import use_version
+    from server.runtime.repository import current_manifest, use_version
 
+    directory = _model_dir(args.dir)
+    previous = current_manifest(directory)
     try:
-        manifest = use_version(_model_dir(args.dir), args.version)
+        manifest = use_version(directory, args.version)
     except RepositoryError as exc:
         print(f"chexray models use: error: {exc}")
         return 2
-    print(f"Version {manifest.version} installed; restart the server to serve it.")
-    return 0
+    return _switch_running_server(args, directory, manifest.version, previous)
 
 
 def _models_check_precision(args: argparse.Namespace) -> int:
@@ -279,6 +287,70 @@ def _pacs_analyse(args: argparse.Namespace) -> int:
         "the PACS (GET each study's pacs URL for where they stand)"
     )
     return 0
+
+
+# -- switching the version a running server serves (chexray models use) --------------------
+
+
+def _add_live_switch_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--server",
+        default=None,
+        help="the running server's URL (default: http://CHEXRAY_HOST:CHEXRAY_PORT)",
+    )
+    parser.add_argument(
+        "--token",
+        default=None,
+        help="an administrator's bearer token (default: the CHEXRAY_ADMIN_TOKEN variable); "
+        "without one, the version is served after a restart",
+    )
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds (default 600)")
+
+
+def _switch_running_server(
+    args: argparse.Namespace, directory: Path, version: str, previous: Manifest | None
+) -> int:
+    """Ask the running server to activate `version`, just installed in `directory`; when
+    it refuses, the repository names `previous` again (what the server still serves)."""
+    import os
+
+    import httpx
+
+    from server.runtime.repository import install_manifest
+
+    settings = Settings.from_env()
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+    server = (args.server or f"http://{host}:{settings.port}").rstrip("/")
+    token = args.token or os.environ.get("CHEXRAY_ADMIN_TOKEN", "")
+    restart = f"Version {version} installed; restart the server to serve it."
+    if not token:
+        print(f"{restart} (Give --token or CHEXRAY_ADMIN_TOKEN to switch a running server.)")
+        return 0
+    try:
+        r = httpx.post(
+            f"{server}/api/v1/admin/models/{version}/activate",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=args.timeout,
+        )
+    except httpx.HTTPError as exc:
+        print(f"{restart} (No server answered at {server}: {exc}.)")
+        return 0
+    answer = r.json() if r.headers.get("content-type", "").startswith("application/json") else {}
+    if r.status_code == 200:
+        done = "now serves" if answer.get("changed") else "already served"
+        print(f"Version {version} installed; the server at {server} {done} it.")
+        return 0
+    reason = f"{r.status_code} {answer.get('code', '')}: {answer.get('message', r.text[:500])}"
+    if r.status_code in (404, 409) and previous is not None:
+        install_manifest(directory, previous)
+        print(
+            f"chexray models use: error: the server at {server} refused version {version} "
+            f"({reason}); it keeps serving the version it served, and the repository names "
+            f"{previous.version} again."
+        )
+        return 1
+    print(f"chexray models use: error: {restart} The server at {server} answered {reason}.")
+    return 1
 
 
 HANDLERS: dict[str, Handler] = {

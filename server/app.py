@@ -23,6 +23,7 @@ from chexray import __version__
 from server import tracing
 from server.api import (
     accounts,
+    admin,
     dicomweb,
     dimse,
     keys,
@@ -90,6 +91,7 @@ ROUTES = [
     operations.ready,
     operations.metrics,
     operations.models,
+    *admin.ROUTES,
     web.index,
     web.static,
 ]

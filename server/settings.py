@@ -119,6 +119,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     orphan_grace_minutes: float = 60.0
 
     model_dir: Path = Path("models_onnx")
+    # A rollout to start once the served version is ready (README, Canary and shadow):
+    # canary_version answers canary_fraction (0..1) of the analyses; shadow_version runs
+    # every analysis again without answering. At most one of the two; the admin API
+    # changes or ends it.
+    canary_version: str = ""
+    canary_fraction: float = 0.05
+    shadow_version: str = ""
 
     # Uploads: checked before a full decode.
     max_upload_bytes: int = 32 * 1024 * 1024
@@ -264,6 +271,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 f"{PREFIX}PACS_URL must be the DICOMweb root's http:// or https:// URL, "
                 f"e.g. http://pacs:8042/dicom-web (not {self.pacs_url!r})",
                 "pacs_url",
+            )
+        if not 0.0 <= self.canary_fraction <= 1.0:
+            raise SettingsError(
+                f"{PREFIX}CANARY_FRACTION must be between 0 and 1", "canary_fraction"
+            )
+        if self.canary_version and self.shadow_version:
+            raise SettingsError(
+                f"set {PREFIX}CANARY_VERSION or {PREFIX}SHADOW_VERSION, not both: one "
+                "candidate runs beside the served version at a time",
+                "shadow_version",
             )
         if not 0.0 <= self.heatmap_alpha <= 1.0:
             raise SettingsError(f"{PREFIX}HEATMAP_ALPHA must be between 0 and 1", "heatmap_alpha")

@@ -79,7 +79,14 @@ CONTENTS_FIELD = {
 }
 
 
+# Codes whose kind's status says less than the protocol can: a version installed but not
+# loaded is a state of the server the caller may change (an administrator loads it).
+STATUS_OF_CODE = {"version_not_loaded": grpc.StatusCode.FAILED_PRECONDITION}
+
+
 def grpc_status(exc: ChexrayError) -> grpc.StatusCode:
+    if exc.code in STATUS_OF_CODE:
+        return STATUS_OF_CODE[exc.code]
     for kind in type(exc).__mro__:
         if kind in STATUS_OF_KIND:
             return STATUS_OF_KIND[kind]

@@ -175,7 +175,9 @@ async def infer_version(
     model_name: FromPath[str],
     model_version: FromPath[str],
 ) -> Response:
-    """Inference on one version of the model (the one served; 404 for another)."""
+    """Inference on one version of the model: the one served, or a canary or shadow
+    candidate while one is loaded; 409 `version_not_loaded` for a version installed but not
+    loaded, 404 `unknown_model_version` for one never installed."""
     require_caller(principal, settings)
     return await _infer(request, service, settings, model_name, model_version)
 
@@ -187,7 +189,7 @@ async def _infer(
     inference.check_model(model_name, model_version)
     # One place is taken before the body is read, so refusing costs no upload; the request's
     # other images are admitted once its shape is known.
-    with inference.admit():
+    with inference.admit(model_version, request_id(request)):
         body = _inflated(
             await request.body(),
             request.headers.get("content-encoding", ""),

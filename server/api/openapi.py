@@ -49,9 +49,13 @@ ERROR_CODES: dict[int, str] = {
     "log-in from another site)",
     404: "`not_found` (missing, or another user's), `unknown_finding`, `not_queued` (a "
     "study's results never queued for the PACS), `pacs_not_found` (the PACS has no such "
-    "study)",
+    "study), `unknown_model_version` (a model version never installed), `no_rollout` (no "
+    "canary or shadow running)",
     409: "`username_taken`, `key_limit` (the most API keys an account may hold), `not_dicom` "
-    "(DICOM results of a study not analysed from a DICOM)",
+    "(DICOM results of a study not analysed from a DICOM), `version_not_loaded` (a model "
+    "version installed but not loaded), `version_refused` (a version that cannot be served, "
+    "with the reason), `models_busy` (another change of versions is under way), "
+    "`already_primary`",
     413: "`image_too_large`, `image_too_many_pixels`, `payload_too_large`",
     415: "`unsupported_format` (not a PNG, JPEG or DICOM, judged from the content), "
     "`unsupported_transfer_syntax`, `unsupported_media_type` (the Content-Type)",

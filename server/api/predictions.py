@@ -9,7 +9,7 @@ from litestar.params import Parameter
 
 from server.api.auth import API_KEYS, client_key, require_caller
 from server.api.deps import PrincipalDep, ServiceDep, SettingsDep
-from server.api.errors import ApiError
+from server.api.errors import ApiError, request_id
 from server.api.openapi import INFERENCE, UPLOAD, UploadOperation, errors
 from server.api.responses import study_out
 from server.api.schemas import StudyOut
@@ -24,7 +24,7 @@ from server.service import AnalyseOptions
     operation_class=UploadOperation,
     security=INFERENCE,
     opt=API_KEYS,
-    responses=errors(*UPLOAD, 401, 403, 429, 507),
+    responses=errors(*UPLOAD, 401, 403, 404, 409, 429, 507),
 )
 async def create_prediction(
     request: Request,
@@ -50,6 +50,13 @@ async def create_prediction(
         description="analyse a DICOM that says it is outside the intended use (a lateral "
         "view, another body part or modality) instead of refusing it with 422 "
         "`outside_intended_use`; the answer then carries a note",
+    ),
+    model_version: str | None = Parameter(
+        default=None,
+        description="answer with this model version: the one served, or a canary or shadow "
+        "candidate while one is loaded (409 `version_not_loaded` for a version installed "
+        "but not loaded, 404 `unknown_model_version` for one never installed); default: "
+        "the version served (or, during a canary, the candidate for its share of requests)",
     ),
 ) -> StudyOut:
     """Analyse a chest X-ray: PNG, JPEG or DICOM, as multipart (`image` file, optional
@@ -82,7 +89,7 @@ async def create_prediction(
             "heatmap=url needs a stored study: sign in or add store=true",
         )
     # Admitted (or refused with 503) before the body is read: refusing costs nothing.
-    with service.predictions.admit():
+    with service.predictions.admit(model_version=model_version or "", key=request_id(request)):
         data, title = await read_upload(request)
         options = AnalyseOptions(
             title=title,

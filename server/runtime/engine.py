@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client import CollectorRegistry
 
 from server import tracing
 from server.errors import ChexrayError, InvalidInput
@@ -78,7 +78,6 @@ class Engine:
         full-size repository takes seconds); verified here when not given."""
         self.settings = settings
         self.manifest: Manifest = manifest or verify_repository(settings.model_dir)
-        self.metrics = EngineMetrics("ensemble", registry)
         self.input_size = contract.check_contract(self.manifest)
         self.choice = choose(settings, self.manifest)
         # Refuses (PrecisionRefused) a precision whose check against fp32 failed.
@@ -97,18 +96,12 @@ class Engine:
             settings.max_batch,
             settings.max_wait_ms,
         )
-        Gauge(
-            "chexray_model_info",
-            "The model being served, and which backend and precision answer",
-            ["version", "provider", "trained", "backend", "precision"],
-            registry=self.metrics.registry,
-        ).labels(
-            self.manifest.version,
-            self.provider,
-            str(self.manifest.trained).lower(),
-            self.choice.backend,
-            self.choice.precision,
-        ).set(1)
+        # Registered only once the version is known to load: a refused version leaves no
+        # series behind.
+        self.metrics = EngineMetrics(self.manifest.version, registry)
+        self.metrics.set_info(
+            self.provider, self.manifest.trained, self.choice.backend, self.choice.precision
+        )
         self.batcher = DynamicBatcher(
             self._run_batch,
             max_batch=settings.max_batch,
@@ -128,6 +121,9 @@ class Engine:
         self.metrics.in_flight.set_function(lambda: self.admission.in_flight)
         self._pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="chexray-cpu")
         self.warmed_up = False
+        # Told of every answer (not of shadow work): the engine state's rollout statistics
+        # and shadow mirroring.
+        self.observer: Callable[[Engine, Prediction], None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -157,6 +153,10 @@ class Engine:
         self.warmed_up = False
         await self.batcher.stop()
         self._pool.shutdown(wait=True)
+
+    @property
+    def version(self) -> str:
+        return self.manifest.version
 
     @property
     def ready(self) -> bool:
@@ -222,6 +222,15 @@ class Engine:
         image = DecodedImage(model_input, "pixels", w, h, 8, ["given at model resolution"])
         return await self._submit(image, model_input, 0.0, 0.0, None)
 
+    async def predict_decoded(self, image: DecodedImage) -> Prediction:
+        """An image another engine decoded -> this engine's Prediction (shadow work: the
+        same pixels, resized to this model's input; not an answer, so not counted as one)."""
+        self.metrics.requests.inc()
+        t = time.perf_counter()
+        model_input = await self._run_cpu(resize_for_model, image.pixels, self.input_size)
+        resize_s = time.perf_counter() - t
+        return await self._submit(image, model_input, 0.0, resize_s, None, answer=False)
+
     async def _submit(
         self,
         image: DecodedImage,
@@ -229,6 +238,7 @@ class Engine:
         decode_s: float,
         resize_s: float,
         started: int | None,
+        answer: bool = True,
     ) -> Prediction:
         """One preprocessed image through the dynamic batcher -> Prediction. `started`: when
         its decode began (ns, for the trace), None when it was not decoded here."""
@@ -250,7 +260,7 @@ class Engine:
         out = result.outputs
         thresholds = self.manifest.thresholds.values
         probs = out[contract.PROBABILITIES].astype(np.float32)
-        return Prediction(
+        prediction = Prediction(
             probabilities=probs,
             calls=probs >= np.asarray(thresholds, np.float32),
             thresholds=tuple(thresholds),
@@ -273,6 +283,14 @@ class Engine:
             backend=self.choice.label,
             precision=self.choice.precision,
         )
+        if answer:
+            self.metrics.observe_answer(prediction.probabilities, prediction.calls)
+            if self.observer is not None:
+                try:
+                    self.observer(self, prediction)
+                except Exception:  # statistics must never cost a caller its answer
+                    log.exception("observing an answer of %s failed", self.version)
+        return prediction
 
     def _timed_prepare(
         self, data: bytes, intended_use: bool

@@ -143,14 +143,42 @@ def archived_versions(directory: Path) -> list[Manifest]:
     return sorted(found, key=lambda m: m.created)
 
 
-def use_version(directory: Path, version: str) -> Manifest:
-    """Serve an archived version again (after a restart), if its files are all still there."""
-    path = Path(directory) / VERSIONS_DIR / f"{version}.json"
-    if not path.is_file():
-        known = [m.version for m in archived_versions(directory)]
-        raise RepositoryError(f"no archived version {version!r} in {path.parent}; known: {known}")
-    manifest = decode_manifest(path.read_bytes(), str(path))
+def installed_versions(directory: Path) -> list[str]:
+    """Every version this repository can serve: the archived ones, oldest first, and the
+    current manifest's."""
+    versions = [m.version for m in archived_versions(directory)]
+    current = current_manifest(directory)
+    if current is not None and current.version not in versions:
+        versions.append(current.version)
+    return versions
+
+
+class UnknownVersion(RepositoryError):
+    """The repository has no manifest of this version."""
+
+
+def load_version(directory: Path, version: str) -> Manifest:
+    """The manifest of `version` (the current one or an archived one), its files checked;
+    UnknownVersion when there is none, RepositoryError when its files are damaged."""
+    current = current_manifest(directory)
+    if current is not None and current.version == version:
+        manifest = current
+    else:
+        path = Path(directory) / VERSIONS_DIR / f"{version}.json"
+        if not path.is_file():
+            known = [m.version for m in archived_versions(directory)]
+            raise UnknownVersion(
+                f"no archived version {version!r} in {path.parent}; known: {known}"
+            )
+        manifest = decode_manifest(path.read_bytes(), str(path))
     check_files(manifest, directory)
+    return manifest
+
+
+def use_version(directory: Path, version: str) -> Manifest:
+    """Serve an archived version again (after a restart, or at once by asking a running
+    server to activate it), if its files are all still there."""
+    manifest = load_version(directory, version)
     install_manifest(directory, manifest)
     return manifest
 

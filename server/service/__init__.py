@@ -8,7 +8,10 @@ Protocol, DICOMweb) translate their requests into these calls and the answers ba
     Service.inference    named tensors -> the engine -> named arrays (Open Inference Protocol)
     Service.accounts     register, sign in, tokens and API keys -> Principal, profile,
                          password
-    Service.engines      the engine's state: loading, ready, failed (for readiness)
+    Service.engines      the engines' state: loading, ready, failed (for readiness); the
+                         version served and a canary or shadow candidate beside it
+    Service.lifecycle    model versions for administrators: switch without downtime,
+                         canary and shadow rollouts and their agreement report
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from prometheus_client import CollectorRegistry
 
 from server.cam.renderer import Renderer
 from server.counting import Counts, MemoryCounts
+from server.errors import ChexrayError
 from server.runtime.backends import graph_for
 from server.runtime.engine import Engine
 from server.runtime.findings import FINDINGS, finding_for, present, slug
@@ -30,6 +34,7 @@ from server.runtime.state import EngineState
 from server.service.accounts import Accounts, Principal
 from server.service.dicom_intake import InstanceOutcome
 from server.service.inference import Inference
+from server.service.lifecycle import Lifecycle
 from server.service.pacs import PacsLink, Transfer
 from server.service.predictions import AnalyseOptions, Analysis, Predictions, heatmap_file
 from server.service.results import ImageMeta, Result
@@ -81,7 +86,9 @@ class Service:
         self.counts: Counts = (
             DatabaseCounts(self.store.db) if settings.shared_limits else MemoryCounts()
         )
-        self.engines = EngineState()
+        self.engines = EngineState(
+            settings.model_dir, lambda manifest: Engine(settings, registry, manifest)
+        )
         self.renderer = Renderer(
             settings.heatmap_alpha, settings.decode_threads, self._observe_render
         )
@@ -100,6 +107,7 @@ class Service:
             self.store, settings.token_lifetime_hours, settings.api_keys_per_user, settings.admins
         )
         self.inference = Inference(self.engines, self.readiness, settings.max_queue)
+        self.lifecycle = Lifecycle(self.engines, self.accounts, settings.model_dir)
         self._manifest = manifest
         self._boot: asyncio.Task | None = None
         self._sweeper: asyncio.Task | None = None
@@ -110,11 +118,23 @@ class Service:
         await self.store.open()
         where = "in the database" if self.settings.shared_limits else "in this process"
         log.info("%s; sign-in limits counted %s", self.store.description, where)
-        self._boot = asyncio.create_task(
-            self.engines.boot(lambda: Engine(self.settings, self.registry, self._manifest))
-        )
+        self._boot = asyncio.create_task(self._boot_engines())
         self._sweeper = asyncio.create_task(self._sweep_forever())
         self.pacs.start()
+
+    async def _boot_engines(self) -> None:
+        """The served version, then the rollout the settings ask for, if any (a refused
+        one is logged: the served version serves regardless)."""
+        await self.engines.boot(lambda: Engine(self.settings, self.registry, self._manifest))
+        s = self.settings
+        mode, version = (
+            ("shadow", s.shadow_version) if s.shadow_version else ("canary", s.canary_version)
+        )
+        if version and self.engines.status == "ready":
+            try:
+                await self.engines.start_rollout(mode, version, s.canary_fraction)
+            except ChexrayError as exc:
+                log.error("the %s of %s did not start: %s", mode, version, exc.message)
 
     async def _dicom_stored(self, study_id: str) -> None:
         await self.pacs.queue(study_id)

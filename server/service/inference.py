@@ -4,7 +4,9 @@ named output arrays. Protocol-neutral: the front ends turn their wire formats in
 types and the errors (server/errors.py kinds, each with a stable code) into their own
 statuses.
 
-One model, `chexray`, in one version: the manifest's. Its inputs, exactly one per request:
+One model, `chexray`, in the versions loaded: the one served (the manifest's), and a canary
+or shadow candidate while one runs; a request names one of them or takes the served one
+(or, during a canary, the candidate for its share of requests). Its inputs, exactly one per request:
 
     image    BYTES [-1]          each element one encoded file: PNG, JPEG or DICOM
     pixels   UINT8 [-1, H, W]    already preprocessed, at the manifest's input size
@@ -137,16 +139,14 @@ class Inference:
         return engine
 
     def check_model(self, name: str, version: str = "") -> str:
-        """The version served, when `name` and `version` (empty: any) name it; NotFound
-        otherwise."""
+        """The version that answers for `name` and `version` (empty: the served one):
+        NotFound for another model or a version never installed, Conflict
+        `version_not_loaded` for one installed but not loaded."""
         served = self._served().manifest.version
         if name != MODEL:
             raise NotFound("unknown_model", f"no model named {name!r}: this server has {MODEL!r}")
         if version and version != served:
-            raise NotFound(
-                "unknown_model_version",
-                f"model {MODEL!r} has no version {version!r}: the version served is {served!r}",
-            )
+            return self._engines.choose(version).version
         return served
 
     async def model_ready(self, name: str, version: str = "") -> bool:
@@ -154,8 +154,8 @@ class Inference:
         return await self.ready()
 
     def model_metadata(self, name: str, version: str = "") -> ModelMeta:
-        served = self.check_model(name, version)
-        engine = self._served()
+        self.check_model(name, version)
+        engine = self._engines.choose(version) if version else self._served()
         h, w = engine.input_size
         outputs = [
             TensorMeta(o.name, DATATYPE_OF_DTYPE[o.dtype], tuple(_dim(d) for d in o.shape))
@@ -164,7 +164,7 @@ class Inference:
         outputs.append(TensorMeta(PRESENT, "BOOL", (-1, len(FINDINGS))))
         return ModelMeta(
             MODEL,
-            (served,),
+            tuple(self._engines.versions()),  # the served one first
             PLATFORMS.get(engine.choice.backend, engine.choice.backend),
             (TensorMeta(IMAGE, "BYTES", (-1,)), TensorMeta(PIXELS, "UINT8", (-1, h, w))),
             tuple(outputs),
@@ -173,18 +173,22 @@ class Inference:
     # -- inference -------------------------------------------------------------------------
 
     @contextmanager
-    def admit(self) -> Iterator[None]:
+    def admit(self, version: str = "", key: str | None = None) -> Iterator[None]:
         """One analysis's place, taken before a request's body is read (Overloaded, 503,
-        when the wait would exceed the budget); `infer(admitted=1)` takes the rest."""
-        with self._engines.require().admission.admit():
+        when the wait would exceed the budget), with the engine of `version` (empty: the
+        served one, or a canary's for its share of `key`s); `infer(admitted=1)` takes the
+        rest with the same engine."""
+        with self._engines.admit(1, version, key):
             yield
 
     async def infer(self, request: InferRequest, admitted: int = 0) -> InferResponse:
         """Run the request's images through the engine; `admitted`: places the caller holds
         already for this request (see `admit`). Raises a coded ChexrayError for bad input
         (the element at fault named), unknown models, and an engine that cannot take it."""
-        engine = self._engines.require()
-        version = self.check_model(request.model_name, request.model_version)
+        self.check_model(request.model_name, request.model_version)
+        # The engine this request was admitted to (see `admit`), else the one for it now.
+        engine = self._engines.current(request.model_version)
+        version = engine.version
         outputs = self._outputs(engine, request.outputs)
         tensor = self._input(engine, request.inputs)
         count = tensor.shape[0]

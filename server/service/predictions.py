@@ -164,10 +164,15 @@ class Predictions:
         expires = self.store.expires_at(study.created_at, study.owner_id)
         return dataclasses.replace(result_from_study(study), expires_at=expires)
 
-    def admit(self, count: int = 1) -> AbstractContextManager[None]:
+    def admit(
+        self, count: int = 1, model_version: str = "", key: str | None = None
+    ) -> AbstractContextManager[object]:
         """Places for `count` analyses, taken before their bytes are read (Overloaded: 503
-        with Retry-After when the wait would exceed the budget, or while shutting down)."""
-        return self.engines.require().admission.admit(count)
+        with Retry-After when the wait would exceed the budget, or while shutting down),
+        with the model version that will answer them: `model_version` when pinned
+        (Conflict `version_not_loaded`, NotFound `unknown_model_version`), else the served
+        one or a canary's for its share of `key`s (the request id)."""
+        return self.engines.admit(count, model_version, key)
 
     async def analyse(self, data: bytes, options: AnalyseOptions) -> Analysis:
         """Predict; when stored, keep the decoded image as PNG and the combined heatmap beside
@@ -189,7 +194,8 @@ class Predictions:
 
     async def _analyse(self, data: bytes, options: AnalyseOptions, anonymous: bool) -> Analysis:
         start = time.perf_counter()
-        prediction = await self.engines.require().predict(data, options.force)
+        # The engine this request was admitted to, even if the served version changed since.
+        prediction = await self.engines.current().predict(data, options.force)
         keep = options.store
         heat = image = heatmap_ms = None
         if keep or options.heatmap:

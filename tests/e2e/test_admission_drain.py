@@ -4,6 +4,7 @@ finish while new ones get 503."""
 
 from __future__ import annotations
 
+import re
 import signal
 import socket
 import time
@@ -45,7 +46,9 @@ def test_over_budget_is_refused_before_the_body_is_read(tiny_repo: Path, tmp_pat
             wait_in_flight(base, 0)
             assert post_image(h, UPLOAD, heatmap="none").status_code == 200
             metrics = h.get("/metrics").text
-        assert 'chexray_engine_rejected_total{model="ensemble"} 2.0' in metrics
+        assert re.search(
+            r'chexray_engine_rejected_total\{model="ensemble",version="[^"]+"\} 2.0', metrics
+        )
 
 
 def test_sigterm_finishes_admitted_work_and_refuses_new_work(

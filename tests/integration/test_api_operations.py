@@ -27,9 +27,10 @@ def test_operations(tiny_repo: Path, tmp_path: Path) -> None:
         assert ok + " 1.0" in text
         assert 'route="/api/v1/predictions",status="415"} 1.0' in text
         assert "chexray_http_request_seconds_bucket" in text
-        assert 'chexray_engine_batch_size_count{model="ensemble"} 1.0' in text
-        assert "chexray_engine_compute_seconds_sum" in text
         models = c.get("/api/v1/models").json()
+        v = f'model="ensemble",version="{models["version"]}"'
+        assert f"chexray_engine_batch_size_count{{{v}}} 1.0" in text
+        assert "chexray_engine_compute_seconds_sum" in text
         assert models["trained"] is False and models["provider"] == "CPUExecutionProvider"
         assert [m["name"] for m in models["members"]] == [
             "xception",

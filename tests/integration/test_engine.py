@@ -91,9 +91,10 @@ def test_bad_upload_is_a_typed_error_and_counted(results) -> None:
     engine, _, _, _, _, bad = results
     assert (bad.code, status_of(bad)) == ("unsupported_format", 415)
     text = generate_latest(engine.metrics.registry).decode()
-    assert 'chexray_engine_errors_total{kind="unsupported_format",model="ensemble"} 1.0' in text
-    assert 'chexray_engine_requests_total{model="ensemble"} 3.0' in text
-    assert 'chexray_engine_batch_size_count{model="ensemble"} 2.0' in text
+    v = f'model="ensemble",version="{engine.version}"'
+    assert f'chexray_engine_errors_total{{kind="unsupported_format",{v}}} 1.0' in text
+    assert f"chexray_engine_requests_total{{{v}}} 3.0" in text
+    assert f"chexray_engine_batch_size_count{{{v}}} 2.0" in text
     assert "chexray_engine_queue_wait_seconds_bucket" in text
     assert 'provider="CPUExecutionProvider"' in text
 

@@ -89,7 +89,7 @@ class Gate:
 
 def test_overload_refuses_excess_and_completes_the_accepted() -> None:
     gate = Gate()
-    metrics = EngineMetrics("ensemble")
+    metrics = EngineMetrics("tiny-0")
 
     async def main():
         b = DynamicBatcher(gate, max_batch=2, max_wait_ms=0, max_queue=3, metrics=metrics)
@@ -113,10 +113,10 @@ def test_overload_refuses_excess_and_completes_the_accepted() -> None:
     assert len(done) == 4 and all(r.outputs["probabilities"].shape == (5,) for r in done)
     assert gate.batches == [1, 2, 1]
     text = generate_latest(metrics.registry).decode()
-    assert 'chexray_engine_rejected_total{model="ensemble"} 1.0' in text
-    assert 'chexray_engine_batch_size_count{model="ensemble"} 3.0' in text
-    assert 'chexray_engine_batch_size_sum{model="ensemble"} 4.0' in text
-    assert 'chexray_engine_queue_depth{model="ensemble"} 0.0' in text
+    assert 'chexray_engine_rejected_total{model="ensemble",version="tiny-0"} 1.0' in text
+    assert 'chexray_engine_batch_size_count{model="ensemble",version="tiny-0"} 3.0' in text
+    assert 'chexray_engine_batch_size_sum{model="ensemble",version="tiny-0"} 4.0' in text
+    assert 'chexray_engine_queue_depth{model="ensemble",version="tiny-0"} 0.0' in text
 
 
 def test_a_caller_that_gives_up_does_not_break_its_batch() -> None:
@@ -167,7 +167,7 @@ def test_shutdown_drains_in_flight_work() -> None:
 
 def test_a_failing_batch_fails_its_callers_and_the_next_batch_runs() -> None:
     calls: list[int] = []
-    metrics = EngineMetrics("ensemble")
+    metrics = EngineMetrics("tiny-0")
 
     def flaky(instance: int, batch: np.ndarray) -> dict[str, np.ndarray]:
         calls.append(len(batch))
@@ -187,12 +187,15 @@ def test_a_failing_batch_fails_its_callers_and_the_next_batch_runs() -> None:
     assert all(isinstance(e, RuntimeError) and "device lost" in str(e) for e in failed)
     assert later.outputs["probabilities"].shape == (5,) and calls == [3, 1]
     text = generate_latest(metrics.registry).decode()
-    assert 'chexray_engine_errors_total{kind="inference",model="ensemble"} 1.0' in text
+    assert (
+        'chexray_engine_errors_total{kind="inference",model="ensemble",version="tiny-0"} 1.0'
+        in text
+    )
 
 
 def test_a_hung_batch_times_its_callers_out_and_marks_the_batcher_stalled() -> None:
     gate = Gate()
-    metrics = EngineMetrics("ensemble")
+    metrics = EngineMetrics("tiny-0")
 
     async def main():
         b = DynamicBatcher(
@@ -215,7 +218,8 @@ def test_a_hung_batch_times_its_callers_out_and_marks_the_batcher_stalled() -> N
     assert problem is not None and "running for over" in problem
     assert recovered is None
     text = generate_latest(metrics.registry).decode()
-    assert 'chexray_engine_errors_total{kind="inference_timeout",model="ensemble"} 1.0' in text
+    labels = 'kind="inference_timeout",model="ensemble",version="tiny-0"'
+    assert f"chexray_engine_errors_total{{{labels}}} 1.0" in text
 
 
 def test_a_dead_worker_fails_every_waiting_caller_and_says_why() -> None:

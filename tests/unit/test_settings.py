@@ -87,3 +87,11 @@ def test_authentication_settings() -> None:
         Settings.from_env({"CHEXRAY_API_KEYS_PER_USER": "-1"})
     with pytest.raises(SettingsError, match="CHEXRAY_REQUIRE_AUTH"):
         Settings.from_env({"CHEXRAY_REQUIRE_AUTH": "perhaps"})
+
+
+def test_a_rollout_at_start_up_is_checked() -> None:
+    with pytest.raises(SettingsError, match="CANARY_FRACTION must be between 0 and 1"):
+        Settings(canary_version="tiny-1", canary_fraction=1.5)
+    with pytest.raises(SettingsError, match="not both"):
+        Settings(canary_version="tiny-1", shadow_version="tiny-2")
+    assert Settings.from_env({"CHEXRAY_CANARY_FRACTION": "0.25"}).canary_fraction == 0.25
