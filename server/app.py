@@ -23,6 +23,7 @@ from chexray import __version__
 from server import tracing
 from server.api import (
     accounts,
+    admin_audit,
     dicomweb,
     keys,
     legacy,
@@ -91,6 +92,8 @@ ROUTES = [
     operations.models,
     web.index,
     web.static,
+    admin_audit.audit_records,
+    admin_audit.verify_audit,
 ]
 
 

@@ -9,6 +9,7 @@ Protocol, DICOMweb) translate their requests into these calls and the answers ba
     Service.accounts     register, sign in, tokens and API keys -> Principal, profile,
                          password
     Service.engines      the engine's state: loading, ready, failed (for readiness)
+    Service.audit        the audit log: one record per analysis on every protocol
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from server.runtime.findings import FINDINGS, finding_for, present, slug
 from server.runtime.manifest import Calibration, Manifest, PrecisionCheck
 from server.runtime.state import EngineState
 from server.service.accounts import Accounts, Principal
+from server.service.audit import AuditContext, AuditLog
 from server.service.dicom_intake import InstanceOutcome
 from server.service.inference import Inference
 from server.service.pacs import PacsLink, Transfer
@@ -43,6 +45,7 @@ __all__ = [
     "AnalyseOptions",
     "Analysis",
     "ApiKey",
+    "AuditContext",
     "Calibration",
     "ImageMeta",
     "InstanceOutcome",
@@ -82,6 +85,7 @@ class Service:
             DatabaseCounts(self.store.db) if settings.shared_limits else MemoryCounts()
         )
         self.engines = EngineState()
+        self.audit = AuditLog(self.store, settings.audit_log, settings.audit_retention_days)
         self.renderer = Renderer(
             settings.heatmap_alpha, settings.decode_threads, self._observe_render
         )
@@ -93,13 +97,16 @@ class Service:
             settings.anonymous_hourly_per_address,
             self.counts,
             on_dicom_stored=self._dicom_stored,
+            audit=self.audit,
         )
         self.pacs = PacsLink(settings, self.store, self.predictions)
         self.intake = self.pacs.intake
         self.accounts = Accounts(
             self.store, settings.token_lifetime_hours, settings.api_keys_per_user, settings.admins
         )
-        self.inference = Inference(self.engines, self.readiness, settings.max_queue)
+        self.inference = Inference(
+            self.engines, self.readiness, settings.max_queue, audit=self.audit
+        )
         self._manifest = manifest
         self._boot: asyncio.Task | None = None
         self._sweeper: asyncio.Task | None = None
@@ -130,6 +137,11 @@ class Service:
                 full = False
             except Exception:
                 log.exception("store sweep failed; retrying at the next interval")
+            try:
+                if deleted := await self.audit.sweep():
+                    log.info("audit log: %d record(s) past retention deleted", deleted)
+            except Exception:
+                log.exception("audit log retention failed; retrying at the next interval")
             await asyncio.sleep(self.settings.sweep_interval_minutes * 60)
 
     async def stop(self) -> None:
@@ -138,6 +150,7 @@ class Service:
                 task.cancel()
         await self.pacs.stop()
         await self.engines.stop()
+        await self.audit.close()
         self.renderer.close()
         self.store.close()
 
