@@ -29,7 +29,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -195,15 +195,14 @@ class Inference:
         """One analysis's place, taken before a request's body is read (Overloaded, 503,
         when the wait would exceed the budget); `infer(admitted=1)` takes the rest. A
         refusal is recorded in the audit log under `audit`, when given."""
-        try:
-            place = self._engines.require().admission.admit()
-            place.__enter__()
-        except ChexrayError as exc:
-            if self._auditing(audit):
-                assert audit is not None and self.audit is not None
-                self.audit.append_nowait(entry(audit, now(), error=exc, **self._version()))
-            raise
-        with place:
+        with ExitStack() as place:
+            try:
+                place.enter_context(self._engines.require().admission.admit())
+            except ChexrayError as exc:
+                if self._auditing(audit):
+                    assert audit is not None and self.audit is not None
+                    self.audit.append_nowait(entry(audit, now(), error=exc, **self._version()))
+                raise
             yield
 
     def _auditing(self, audit: AuditContext | None) -> bool:
