@@ -9,6 +9,7 @@ import asyncio
 import base64
 import datetime as dt
 import hashlib
+import itertools
 import json
 import threading
 import time
@@ -98,7 +99,7 @@ def test_every_analysis_is_recorded_and_the_chain_verifies(
         assert [x["error_code"] for x in lines[7:]] == ["unsupported_format"] * 2
         assert [x["id"] for x in lines] == list(range(1, len(lines) + 1))
         assert lines[0]["prev_hash"] == audit.GENESIS_HASH
-        assert all(b["prev_hash"] == a["hash"] for a, b in zip(lines, lines[1:], strict=False))
+        assert all(b["prev_hash"] == a["hash"] for a, b in itertools.pairwise(lines))
         # Never pixels, never who the patient is: only these fields.
         assert list(first) == [*audit.FIELDS, "hash"]
 
@@ -324,3 +325,59 @@ def test_no_log_when_switched_off(tiny_repo: Path, tmp_path: Path) -> None:
         admin = register(c, "admin")
         assert post_image(c, xray()).status_code == 200
         assert records(c, admin) == []
+
+
+def test_drift_report_from_the_audit_log(
+    tiny_copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    import msgspec
+
+    from server.runtime.findings import FINDINGS
+    from server.runtime.manifest import Calibration
+    from server.runtime.repository import current_manifest, install_manifest
+
+    data = tmp_path / "data"
+    with client(tiny_copy, data) as c:
+        for seed in range(4):
+            post_image(c, xray(seed))
+        error(post_image(c, b"GIF89a"), 415, "unsupported_format")  # refused: not counted
+    monkeypatch.setenv("CHEXRAY_DATA_DIR", str(data))
+    capsys.readouterr()
+
+    # Built by convert: no calibration reference, so the check set through the engine.
+    report = tmp_path / "drift.json"
+    code = main(["drift", "--dir", str(tiny_copy), "--json", str(report)])
+    out = capsys.readouterr().out
+    assert "generated check set" in out and "Served: 4 answered analyses" in out
+    got = json.loads(report.read_text())
+    assert got["reference"]["source"] == "check set" and got["served"] == 4
+    assert [f["finding"] for f in got["findings"]] == list(FINDINGS)
+    assert all(f["served"] == 4 and f["psi"] >= 0 and 0 <= f["ks"] <= 1 for f in got["findings"])
+    assert code == (1 if got["flagged"] else 0)
+
+    # A calibration whose set scored far above what is served now: every finding drifts.
+    manifest = current_manifest(tiny_copy)
+    assert manifest is not None
+    calibration = Calibration(
+        created="2026-01-01T00:00:00+00:00",
+        data="valid.csv",
+        images=100,
+        label_policy={},
+        method="test",
+        folds=5,
+        previous_version=manifest.version,
+        findings=[],
+        score_quantiles={f: [0.999] * 100 for f in FINDINGS},
+    )
+    install_manifest(tiny_copy, msgspec.structs.replace(manifest, calibration=calibration))
+    assert main(["drift", "--dir", str(tiny_copy), "--json", str(report)]) == 1
+    out = capsys.readouterr().out
+    assert "calibration set valid.csv (100 images" in out and "DRIFT (PSI > 0.2)" in out
+    got = json.loads(report.read_text())
+    assert got["flagged"] == list(FINDINGS) and all(f["ks"] == 1.0 for f in got["findings"])
+    # The warning level is a setting; a window with nothing in it flags nothing.
+    monkeypatch.setenv("CHEXRAY_DRIFT_PSI_WARNING", "100")
+    assert main(["drift", "--dir", str(tiny_copy)]) == 0
+    assert main(["drift", "--dir", str(tiny_copy), "--since", "2000-01-01"]) == 0
+    assert "Nothing was answered by this version" in capsys.readouterr().out
+    assert main(["drift", "--dir", str(tiny_copy), "--model-version", "nope"]) == 2
