@@ -8,6 +8,7 @@ on the command line, is the server's `model_dir` setting (server/settings.py).
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -111,6 +112,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     precision.add_argument("--max-images", type=int, default=200)
 
+    audit = sub.add_parser(
+        "audit",
+        help="the audit log (one record per analysis) in the server's database",
+    )
+    asub = audit.add_subparsers(dest="audit_command", required=True)
+    asub.add_parser(
+        "verify",
+        help="walk the hash chain: exit 0 when intact, 1 naming the first record at fault",
+    )
+    export = asub.add_parser("export", help="records as JSON Lines, oldest first")
+    export.add_argument("--since", type=_when, help="from this time (ISO 8601; UTC if no zone)")
+    export.add_argument("--until", type=_when, help="before this time")
+    export.add_argument("--out", type=Path, help="write here instead of standard output")
+
+    drift = sub.add_parser(
+        "drift",
+        help="per finding, compare the probabilities served lately (the audit log) with the "
+        "model version's calibration set: population stability index and KS statistic",
+    )
+    drift.add_argument(
+        "--since", type=_when, help="the window's start (default: --window-days before now)"
+    )
+    drift.add_argument("--window-days", type=float, default=7.0)
+    drift.add_argument(
+        "--model-version", help="default: the version in the model repository (served)"
+    )
+    drift.add_argument("--dir", type=Path, default=None, help="the model repository")
+    drift.add_argument("--json", type=Path, help="also write the report here as JSON")
+
     pacs = sub.add_parser("pacs", help="work with the PACS through a running server")
     psub = pacs.add_subparsers(dest="pacs_command", required=True)
     analyse = psub.add_parser(
@@ -135,6 +165,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     analyse.add_argument("--timeout", type=float, default=600.0, help="seconds (default 600)")
     return parser
+
+
+def _when(value: str) -> dt.datetime:
+    """An ISO 8601 date or time; without a zone, UTC."""
+    try:
+        t = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not an ISO 8601 date or time: {value!r} (e.g. 2026-01-31 or 2026-01-31T08:00Z)"
+        ) from None
+    return t.replace(tzinfo=dt.UTC) if t.tzinfo is None else t
 
 
 def _model_dir(given: Path | None) -> Path:
@@ -353,6 +394,62 @@ def _switch_running_server(
     return 1
 
 
+def _audit_database():
+    from server.store.db import Database
+
+    db = Database(Settings.from_env().db_url)
+    db.create_all()  # an older or empty database: the audit tables, empty
+    return db
+
+
+def _audit_verify(args: argparse.Namespace) -> int:
+    from server.store import audit
+
+    db = _audit_database()
+    try:
+        with db.session() as s:
+            v = audit.verify(s)
+    finally:
+        db.dispose()
+    start = f"anchor record {v.anchor_id}" if v.anchor_id else "the start"
+    if not v.intact:
+        where = f"record {v.bad_id} ({v.bad_time})" if v.bad_id is not None else "the chain's end"
+        print(f"chexray audit verify: BROKEN at {where}: {v.problem}")
+        print(f"{v.records} record(s) from {start} verified before it")
+        return 1
+    span = f"records {v.first_id} to {v.last_id}" if v.records else "no records"
+    print(f"Intact: {v.records} record(s) ({span}) chained from {start}.")
+    print(f"Head hash: {v.last_hash}")
+    return 0
+
+
+def _audit_export(args: argparse.Namespace) -> int:
+    from server.service.audit import export_line
+    from server.store import audit
+
+    db = _audit_database()
+    out = args.out.open("w", encoding="utf-8") if args.out else sys.stdout
+    count = 0
+    try:
+        with db.session() as s:
+            for record in audit.records(s, args.since, args.until):
+                out.write(export_line(audit.as_dict(record)) + "\n")
+                count += 1
+    finally:
+        db.dispose()
+        if args.out:
+            out.close()
+    if args.out:
+        print(f"{count} record(s) written to {args.out}")
+    return 0
+
+
+def _drift(args: argparse.Namespace) -> int:
+    from evaluation.drift_report import run_drift
+
+    return run_drift(args, Settings.from_env(), _model_dir(args.dir))
+
+
 HANDLERS: dict[str, Handler] = {
     "convert": _convert,
     "serve": _serve,
@@ -363,12 +460,19 @@ HANDLERS: dict[str, Handler] = {
     "models use": _models_use,
     "models check-precision": _models_check_precision,
     "pacs analyse": _pacs_analyse,
+    "audit verify": _audit_verify,
+    "audit export": _audit_export,
+    "drift": _drift,
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    sub = getattr(args, "models_command", None) or getattr(args, "pacs_command", None)
+    sub = (
+        getattr(args, "models_command", None)
+        or getattr(args, "pacs_command", None)
+        or getattr(args, "audit_command", None)
+    )
     command = " ".join(filter(None, (args.command, sub)))
     try:
         return HANDLERS[command](args)

@@ -21,6 +21,7 @@ import numpy as np
 from convert.errors import ConversionError
 from convert.fuse import cpu_session, reweight
 from convert.reference import random_images
+from evaluation.drift import quantile_sketch
 from evaluation.labels import LabelledSet, counted, has_both_classes
 from evaluation.metrics import youden_threshold
 from evaluation.report import (
@@ -136,6 +137,7 @@ def plan(
             folds=folds,
             previous_version=manifest.version,
             findings=[_finding_calibration(f, fit) for f, fit in zip(FINDINGS, fits, strict=True)],
+            score_quantiles={f: quantile_sketch(new_scores[:, d]) for d, f in enumerate(FINDINGS)},
         ),
     )
 

@@ -24,6 +24,7 @@ from server import tracing
 from server.api import (
     accounts,
     admin,
+    admin_audit,
     dicomweb,
     dimse,
     keys,
@@ -94,6 +95,8 @@ ROUTES = [
     *admin.ROUTES,
     web.index,
     web.static,
+    admin_audit.audit_records,
+    admin_audit.verify_audit,
 ]
 
 

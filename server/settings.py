@@ -213,6 +213,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # request; each instance is still bounded by max_upload_bytes.
     max_stow_bytes: int = 256 * 1024 * 1024
 
+    # The audit log (server/service/audit.py): one hash-chained record per analysis on every
+    # protocol, answered or refused. Records older than audit_retention_days are deleted
+    # by the sweep (0: kept forever). drift_psi_warning: `chexray drift` flags a finding
+    # whose population stability index exceeds it.
+    audit_log: bool = True
+    audit_retention_days: float = 0.0
+    drift_psi_warning: float = 0.2
+
     # Heatmaps.
     heatmap_alpha: float = 0.45
     decode_threads: int = 2  # decoding and rendering, off the event loop
@@ -281,6 +289,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 f"set {PREFIX}CANARY_VERSION or {PREFIX}SHADOW_VERSION, not both: one "
                 "candidate runs beside the served version at a time",
                 "shadow_version",
+            )
+        if not self.audit_retention_days >= 0:
+            raise SettingsError(
+                f"{PREFIX}AUDIT_RETENTION_DAYS must be >= 0 (0: keep forever)",
+                "audit_retention_days",
+            )
+        if not self.drift_psi_warning > 0:
+            raise SettingsError(
+                f"{PREFIX}DRIFT_PSI_WARNING must be more than 0", "drift_psi_warning"
             )
         if not 0.0 <= self.heatmap_alpha <= 1.0:
             raise SettingsError(f"{PREFIX}HEATMAP_ALPHA must be between 0 and 1", "heatmap_alpha")

@@ -17,10 +17,10 @@ import secrets
 from litestar import Request, Response
 from litestar.di import NamedDependency
 
-from server.api.errors import ApiError
+from server.api.errors import ApiError, request_id
 from server.api.middleware import parse_address
 from server.errors import Unauthenticated
-from server.service import Principal, Service
+from server.service import AuditContext, Principal, Service
 from server.service.accounts import is_api_key, unknown_credential
 from server.settings import Settings
 
@@ -165,6 +165,27 @@ def client_key(request: Request) -> str:
     if isinstance(address, ipaddress.IPv6Address):
         return str(ipaddress.IPv6Network((address, 64), strict=False))
     return str(address) if address is not None else host
+
+
+def who_asked(
+    principal: Principal | None,
+    protocol: str,
+    client: str | None,
+    rid: str | None,
+) -> AuditContext:
+    """The audit log's account of a caller, on any protocol."""
+    if principal is None:
+        return AuditContext(protocol, "anonymous", None, None, client, rid)
+    kind = "api_key" if principal.by_key else "user"
+    key_id = principal.key.id if principal.key is not None else None
+    return AuditContext(protocol, kind, principal.user_id, key_id, client, rid)
+
+
+def audit_context(request: Request, principal: Principal | None, protocol: str) -> AuditContext:
+    """Who asked over HTTP: the caller, the client's address (proxies considered) and the
+    request id."""
+    client = request.client.host if request.client else None
+    return who_asked(principal, protocol, client, request_id(request))
 
 
 def set_session_cookies(

@@ -25,11 +25,11 @@ from contextlib import nullcontext
 from litestar import Request, Response, Router, post
 from litestar.params import FromPath, Parameter
 
-from server.api.auth import API_KEYS, client_key, provide_auth
+from server.api.auth import API_KEYS, audit_context, client_key, provide_auth
 from server.api.deps import PrincipalDep, ServiceDep
 from server.api.errors import ApiError
 from server.pacs.multipart import decode_related
-from server.service import InstanceOutcome, Service
+from server.service import AuditContext, InstanceOutcome, Service
 from server.settings import Settings
 
 DICOM_JSON = "application/dicom+json"
@@ -115,13 +115,14 @@ async def _store(
     content_type = request.headers.get("content-type", "")
     _check_content_type(content_type)
     client = client_key(request)
+    audit = audit_context(request, auth, "dicomweb")
     # One place with the engine before the body is read, the rest once it is counted.
-    with service.predictions.admit():
+    with service.predictions.admit(audit=audit):
         body = await request.body()
         parts = decode_related(body, content_type, max_parts=MAX_PARTS)
         del body
         more = len(parts) - 1
-        with service.predictions.admit(more) if more > 0 else nullcontext():
+        with service.predictions.admit(more, audit=audit) if more > 0 else nullcontext():
             outcomes = await asyncio.gather(
                 *(
                     _one(
@@ -132,6 +133,7 @@ async def _store(
                         force,
                         study_uid,
                         client,
+                        audit,
                     )
                     for part in parts
                 )
@@ -156,6 +158,7 @@ async def _one(
     force: bool,
     study_uid: str | None,
     client: str,
+    audit: AuditContext,
 ) -> InstanceOutcome:
     kind = part_type.split(";")[0].strip().lower()
     if kind and kind != "application/dicom":
@@ -166,7 +169,7 @@ async def _one(
             code="unsupported_media_type",
             message=f"a part of type {kind}: only application/dicom parts are analysed",
         )
-    return await service.intake.analyse(data, owner_id, force, study_uid, client)
+    return await service.intake.analyse(data, owner_id, force, study_uid, client, audit=audit)
 
 
 FORCE = Parameter(

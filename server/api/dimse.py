@@ -16,6 +16,7 @@ import logging
 from concurrent.futures import TimeoutError as FutureTimeout
 
 from server.service import InstanceOutcome, Service
+from server.service.audit import AuditContext
 from server.settings import Settings
 
 log = logging.getLogger("chexray.dimse")
@@ -90,7 +91,11 @@ class StorageScp:
         owner = await self._owner()
         if owner is None:
             return None
-        return await self.service.intake.analyse(data, owner, client=f"dicom:{calling}", admit=True)
+        client = f"dicom:{calling}"
+        audit = AuditContext("dimse", "user", owner, None, client, None)
+        return await self.service.intake.analyse(
+            data, owner, client=client, admit=True, audit=audit
+        )
 
     def _on_store(self, event):
         """pynetdicom's thread: the instance to the event loop, its outcome back."""

@@ -17,7 +17,13 @@ from litestar.params import FromPath, JSONBody
 from msgspec import Meta
 
 from server.api.accounts import guard_register, guard_sign_in
-from server.api.auth import API_KEYS, client_key, provide_principal, require_caller
+from server.api.auth import (
+    API_KEYS,
+    audit_context,
+    client_key,
+    provide_principal,
+    require_caller,
+)
 from server.api.deps import AuthDep, LimiterDep, PrincipalDep, ServiceDep, SettingsDep
 from server.api.errors import ApiError
 from server.api.openapi import (
@@ -33,7 +39,7 @@ from server.api.openapi import (
 from server.api.schemas import Password, Username
 from server.api.studies import finding_of, png, user_id
 from server.api.uploads import read_upload
-from server.service import FINDINGS, AnalyseOptions, Result, heatmap_file
+from server.service import FINDINGS, AnalyseOptions, Principal, Result, heatmap_file
 
 
 # The same field rules as /api/v1 (the legacy application had none): a username of 1-150
@@ -171,11 +177,14 @@ async def legacy_xray_detail(
     return legacy_xray(request, await service.predictions.result(data.xray_id, auth.user_id))
 
 
-async def _upload(request: Request, service: ServiceDep, owner_id: int | None) -> LegacyXray:
-    with service.predictions.admit():
+async def _upload(
+    request: Request, service: ServiceDep, owner_id: int | None, caller: Principal | None
+) -> LegacyXray:
+    audit = audit_context(request, caller, "legacy")
+    with service.predictions.admit(audit=audit):
         data, title = await read_upload(request)
         options = AnalyseOptions(
-            title=title, owner_id=owner_id, store=True, client=client_key(request)
+            title=title, owner_id=owner_id, store=True, client=client_key(request), audit=audit
         )
         analysis = await service.predictions.analyse(data, options)
     return legacy_xray(request, analysis.result, analysis.delete_token)
@@ -193,7 +202,7 @@ async def _upload(request: Request, service: ServiceDep, owner_id: int | None) -
 async def legacy_upload(request: Request, auth: AuthDep, service: ServiceDep) -> LegacyXray:
     """Stored in the caller's history (an API key's owner's too: the legacy upload always
     keeps the study)."""
-    return await _upload(request, service, auth.user_id)
+    return await _upload(request, service, auth.user_id, auth)
 
 
 @post(
@@ -212,9 +221,11 @@ async def legacy_anonupload(
     by id, for a limited time (`expires_at`); `delete_token` deletes it sooner. With
     CHEXRAY_REQUIRE_AUTH only for callers with a valid credential (the study still has no
     owner); without it, credentials are not read here, as before."""
+    caller = None
     if settings.require_auth:
-        require_caller(await provide_principal(request, service), settings)
-    return await _upload(request, service, None)
+        caller = await provide_principal(request, service)
+        require_caller(caller, settings)
+    return await _upload(request, service, None, caller)
 
 
 @get(

@@ -16,6 +16,8 @@ metadata, readiness) stay open.
 
 from __future__ import annotations
 
+import contextvars
+import dataclasses
 import functools
 import logging
 import uuid
@@ -26,7 +28,7 @@ import grpc
 
 from server import tracing
 from server.api import oip
-from server.api.auth import API_KEY_HEADER, NOT_AUTHENTICATED, credential
+from server.api.auth import API_KEY_HEADER, NOT_AUTHENTICATED, credential, who_asked
 from server.api.middleware import SAFE_ID
 from server.api.oip_proto import grpc_predict_v2_pb2 as pb
 from server.api.oip_proto import grpc_predict_v2_pb2_grpc as pb_grpc
@@ -49,6 +51,11 @@ from server.settings import Settings
 log = logging.getLogger("chexray.api")
 
 SERVICE = "inference.GRPCInferenceService"
+
+# The current call's request id (set by `_rpc`), for the audit log.
+_request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "grpc_request_id", default=None
+)
 
 # The one table from the service's kinds of error to gRPC statuses (HTTP's is in errors.py).
 STATUS_OF_KIND: dict[type[ChexrayError], grpc.StatusCode] = {
@@ -107,6 +114,7 @@ def _rpc(method: Handler) -> Handler:
         metadata = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
         given = metadata.get("x-request-id", "")
         rid = given if SAFE_ID.match(given) else uuid.uuid4().hex
+        _request_id.set(rid)
         trailers = [("x-request-id", rid)]
         attributes = {"rpc.system": "grpc", "rpc.service": SERVICE, "rpc.method": name}
         with tracing.request_span(f"{SERVICE}/{name}", metadata, rid, **attributes) as span:
@@ -172,6 +180,18 @@ def infer_request(msg: pb.ModelInferRequest) -> InferRequest:
     return InferRequest(msg.model_name, tuple(tensors), msg.model_version, outputs, msg.id, force)
 
 
+def peer_address(peer: str | None) -> str | None:
+    """The address in gRPC's peer string: ipv4:10.0.0.5:51234, ipv6:[::1]:51234."""
+    if not peer:
+        return None
+    kind, _, rest = peer.partition(":")
+    if kind == "ipv6" and rest.startswith("["):
+        return rest[1:].split("]", 1)[0]
+    if kind == "ipv4":
+        return rest.rsplit(":", 1)[0]
+    return peer[:64]
+
+
 def _metadata_value(context: grpc.aio.ServicerContext, name: str) -> str | None:
     for key, value in context.invocation_metadata() or ():
         if key == name and isinstance(value, str):
@@ -235,9 +255,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @_rpc
     async def ModelInfer(self, request, context) -> pb.ModelInferResponse:
-        await self.caller(context)
+        caller = await self.caller(context)
+        audit = who_asked(caller, "oip-grpc", peer_address(context.peer()), _request_id.get())
         # The message has arrived whole (gRPC bounds it): the whole request is admitted now.
-        answer = await self.inference.infer(infer_request(request))
+        asked = dataclasses.replace(infer_request(request), audit=audit)
+        answer = await self.inference.infer(asked)
         return pb.ModelInferResponse(
             model_name=answer.model_name,
             model_version=answer.model_version,

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import logging
 import zlib
 from typing import Any
@@ -33,11 +34,11 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.params import FromPath
 
 from server.api import oip
-from server.api.auth import API_KEYS, require_caller
+from server.api.auth import API_KEYS, audit_context, require_caller
 from server.api.deps import PrincipalDep, ServiceDep, SettingsDep
 from server.api.errors import STATUS_CODES, ApiError, request_id, status_of
 from server.errors import ChexrayError, InvalidInput, TooLarge
-from server.service import Service
+from server.service import Principal, Service
 from server.service.inference import InferRequest, InferResponse, ModelMeta, TensorMeta
 from server.settings import Settings
 
@@ -158,7 +159,7 @@ async def infer(
     when the wait would exceed the server's budget. Credentials as for /api/v1 (a bearer
     token or API key; needed with CHEXRAY_REQUIRE_AUTH); nothing is stored."""
     require_caller(principal, settings)
-    return await _infer(request, service, settings, model_name, "")
+    return await _infer(request, service, settings, principal, model_name, "")
 
 
 @post(
@@ -179,17 +180,23 @@ async def infer_version(
     candidate while one is loaded; 409 `version_not_loaded` for a version installed but not
     loaded, 404 `unknown_model_version` for one never installed."""
     require_caller(principal, settings)
-    return await _infer(request, service, settings, model_name, model_version)
+    return await _infer(request, service, settings, principal, model_name, model_version)
 
 
 async def _infer(
-    request: Request, service: Service, settings: Settings, model_name: str, model_version: str
+    request: Request,
+    service: Service,
+    settings: Settings,
+    principal: Principal | None,
+    model_name: str,
+    model_version: str,
 ) -> Response:
     inference = service.inference
     inference.check_model(model_name, model_version)
+    audit = audit_context(request, principal, "oip-rest")
     # One place is taken before the body is read, so refusing costs no upload; the request's
     # other images are admitted once its shape is known.
-    with inference.admit(model_version, request_id(request)):
+    with inference.admit(model_version, request_id(request), audit):
         body = _inflated(
             await request.body(),
             request.headers.get("content-encoding", ""),
@@ -198,7 +205,7 @@ async def _infer(
         asked, binary_outputs = _parse(
             body, request.headers.get(HEADER_LENGTH), model_name, model_version
         )
-        answer = await inference.infer(asked, admitted=1)
+        answer = await inference.infer(dataclasses.replace(asked, audit=audit), admitted=1)
     return _answer(answer, binary_outputs)
 
 

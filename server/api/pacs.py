@@ -11,7 +11,7 @@ from litestar import Request, post
 from litestar.params import JSONBody
 from msgspec import Meta
 
-from server.api.auth import API_KEYS, client_key, provide_auth
+from server.api.auth import API_KEYS, audit_context, client_key, provide_auth
 from server.api.deps import PrincipalDep, ServiceDep
 from server.api.openapi import SIGNED_IN_OR_KEY, errors
 from server.service import InstanceOutcome
@@ -80,7 +80,12 @@ async def pull_from_pacs(
     or none is configured, 404 when it has no such study."""
     auth = await provide_auth(principal)
     outcomes = await service.pacs.pull(
-        data.study_uid, data.series_uid, auth.user_id, data.force, client_key(request)
+        data.study_uid,
+        data.series_uid,
+        auth.user_id,
+        data.force,
+        client_key(request),
+        audit_context(request, auth, "pacs-pull"),
     )
     items = [pulled(request, o) for o in outcomes]
     analysed = sum(i.analysed for i in items)

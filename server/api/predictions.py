@@ -7,7 +7,7 @@ from typing import Literal
 from litestar import Request, post
 from litestar.params import Parameter
 
-from server.api.auth import API_KEYS, client_key, require_caller
+from server.api.auth import API_KEYS, audit_context, client_key, require_caller
 from server.api.deps import PrincipalDep, ServiceDep, SettingsDep
 from server.api.errors import ApiError, request_id
 from server.api.openapi import INFERENCE, UPLOAD, UploadOperation, errors
@@ -89,7 +89,10 @@ async def create_prediction(
             "heatmap=url needs a stored study: sign in or add store=true",
         )
     # Admitted (or refused with 503) before the body is read: refusing costs nothing.
-    with service.predictions.admit(model_version=model_version or "", key=request_id(request)):
+    audit = audit_context(request, principal, "rest")
+    with service.predictions.admit(
+        model_version=model_version or "", key=request_id(request), audit=audit
+    ):
         data, title = await read_upload(request)
         options = AnalyseOptions(
             title=title,
@@ -99,6 +102,7 @@ async def create_prediction(
             image=image == "inline",
             client=client_key(request),
             force=force,
+            audit=audit,
         )
         analysis = await service.predictions.analyse(data, options)
     result = analysis.result

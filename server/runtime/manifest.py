@@ -158,6 +158,10 @@ class Calibration(msgspec.Struct, frozen=True):
     folds: int
     previous_version: str
     findings: list[FindingCalibration]
+    # Per finding, the served probabilities of the labelled set as a quantile sketch (values
+    # at levels (i + 0.5) / 100): the reference of `chexray drift`. Absent from manifests
+    # calibrated before it was kept.
+    score_quantiles: dict[str, list[float]] | None = None
 
 
 class Manifest(msgspec.Struct, frozen=True):

@@ -12,6 +12,7 @@ Protocol, DICOMweb) translate their requests into these calls and the answers ba
                          version served and a canary or shadow candidate beside it
     Service.lifecycle    model versions for administrators: switch without downtime,
                          canary and shadow rollouts and their agreement report
+    Service.audit        the audit log: one record per analysis on every protocol
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from server.runtime.findings import FINDINGS, finding_for, present, slug
 from server.runtime.manifest import Calibration, Manifest, PrecisionCheck
 from server.runtime.state import EngineState
 from server.service.accounts import Accounts, Principal
+from server.service.audit import AuditContext, AuditLog
 from server.service.dicom_intake import InstanceOutcome
 from server.service.inference import Inference
 from server.service.lifecycle import Lifecycle
@@ -48,6 +50,7 @@ __all__ = [
     "AnalyseOptions",
     "Analysis",
     "ApiKey",
+    "AuditContext",
     "Calibration",
     "ImageMeta",
     "InstanceOutcome",
@@ -89,6 +92,7 @@ class Service:
         self.engines = EngineState(
             settings.model_dir, lambda manifest: Engine(settings, registry, manifest)
         )
+        self.audit = AuditLog(self.store, settings.audit_log, settings.audit_retention_days)
         self.renderer = Renderer(
             settings.heatmap_alpha, settings.decode_threads, self._observe_render
         )
@@ -100,13 +104,16 @@ class Service:
             settings.anonymous_hourly_per_address,
             self.counts,
             on_dicom_stored=self._dicom_stored,
+            audit=self.audit,
         )
         self.pacs = PacsLink(settings, self.store, self.predictions)
         self.intake = self.pacs.intake
         self.accounts = Accounts(
             self.store, settings.token_lifetime_hours, settings.api_keys_per_user, settings.admins
         )
-        self.inference = Inference(self.engines, self.readiness, settings.max_queue)
+        self.inference = Inference(
+            self.engines, self.readiness, settings.max_queue, audit=self.audit
+        )
         self.lifecycle = Lifecycle(self.engines, self.accounts, settings.model_dir)
         self._manifest = manifest
         self._boot: asyncio.Task | None = None
@@ -150,6 +157,11 @@ class Service:
                 full = False
             except Exception:
                 log.exception("store sweep failed; retrying at the next interval")
+            try:
+                if deleted := await self.audit.sweep():
+                    log.info("audit log: %d record(s) past retention deleted", deleted)
+            except Exception:
+                log.exception("audit log retention failed; retrying at the next interval")
             await asyncio.sleep(self.settings.sweep_interval_minutes * 60)
 
     async def stop(self) -> None:
@@ -158,6 +170,7 @@ class Service:
                 task.cancel()
         await self.pacs.stop()
         await self.engines.stop()
+        await self.audit.close()
         self.renderer.close()
         self.store.close()
 

@@ -10,6 +10,7 @@ import logging
 from dataclasses import dataclass
 
 from server.errors import ChexrayError
+from server.service.audit import AuditContext
 from server.service.predictions import AnalyseOptions, Predictions
 
 log = logging.getLogger("chexray")
@@ -87,12 +88,59 @@ class DicomIntake:
         study_uid: str | None = None,
         client: str | None = None,
         admit: bool = False,
+        audit: AuditContext | None = None,
     ) -> InstanceOutcome:
         """Analyse one instance into a stored study of `owner_id`. `study_uid`: the study
         the caller said it belongs to (STOW-RS to /studies/{uid}); another is refused.
         `admit`: take its place with the engine here (a refusal is this instance's outcome)
-        rather than the caller holding it already."""
+        rather than the caller holding it already. `audit`: who asked; each instance,
+        analysed or refused, is recorded in the audit log."""
         sop_class, sop_instance, its_study, unreadable = _identity(data)
+        options = AnalyseOptions(
+            title=f"DICOM {sop_instance}"[:200],
+            owner_id=owner_id,
+            store=True,
+            force=force,
+            client=client,
+            audit=audit,
+        )
+        outcome = self._refusal(sop_class, sop_instance, its_study, unreadable, study_uid)
+        if outcome is not None:
+            assert outcome.code is not None
+            await self.predictions.refused(data, options, outcome.code)
+            return outcome
+        try:
+            if admit:
+                with self.predictions.admit(audit=audit):
+                    analysis = await self.predictions.analyse(data, options)
+            else:
+                analysis = await self.predictions.analyse(data, options)
+        except ChexrayError as exc:
+            return InstanceOutcome(
+                sop_class,
+                sop_instance,
+                None,
+                _REASONS.get(exc.code, CANNOT_UNDERSTAND),
+                exc.code,
+                exc.message,
+            )
+        result = analysis.result
+        return InstanceOutcome(
+            sop_class,
+            sop_instance,
+            result.id,
+            warnings=tuple(result.warnings) + tuple(result.image.notes),
+        )
+
+    @staticmethod
+    def _refusal(
+        sop_class: str,
+        sop_instance: str,
+        its_study: str,
+        unreadable: str | None,
+        study_uid: str | None,
+    ) -> InstanceOutcome | None:
+        """Why an instance is refused before it is analysed, if it is."""
         if unreadable:
             return InstanceOutcome(
                 sop_class, sop_instance, None, CANNOT_UNDERSTAND, "corrupt_image", unreadable
@@ -118,32 +166,4 @@ class DicomIntake:
                 + ", ".join(RADIOGRAPH_SOP_CLASSES.values())
                 + " instances are analysed",
             )
-        options = AnalyseOptions(
-            title=f"DICOM {sop_instance}"[:200],
-            owner_id=owner_id,
-            store=True,
-            force=force,
-            client=client,
-        )
-        try:
-            if admit:
-                with self.predictions.admit():
-                    analysis = await self.predictions.analyse(data, options)
-            else:
-                analysis = await self.predictions.analyse(data, options)
-        except ChexrayError as exc:
-            return InstanceOutcome(
-                sop_class,
-                sop_instance,
-                None,
-                _REASONS.get(exc.code, CANNOT_UNDERSTAND),
-                exc.code,
-                exc.message,
-            )
-        result = analysis.result
-        return InstanceOutcome(
-            sop_class,
-            sop_instance,
-            result.id,
-            warnings=tuple(result.warnings) + tuple(result.image.notes),
-        )
+        return None

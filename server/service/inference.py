@@ -26,8 +26,12 @@ A request of N images counts as N analyses for admission: admitted whole or refu
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import hashlib
+import logging
+import time
 from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,9 +39,13 @@ import numpy as np
 from chexray import __version__
 from server.errors import ChexrayError, InvalidInput, NotFound, TooLarge, Unavailable
 from server.runtime import contract
+from server.runtime.decode import detect_format
 from server.runtime.engine import Engine, Prediction
 from server.runtime.findings import FINDINGS
 from server.runtime.state import EngineState
+from server.service.audit import AuditContext, AuditLog, entry, now
+
+log = logging.getLogger("chexray")
 
 MODEL = "chexray"
 SERVER = "chexray"
@@ -98,6 +106,8 @@ class InferRequest:
     # The request parameter `force`: analyse DICOMs outside the intended use
     # (server/runtime/intended_use.py) instead of refusing them.
     force: bool = False
+    # Who asked, for the audit log (one record per image); None: not recorded.
+    audit: AuditContext | None = None
 
 
 @dataclass(frozen=True)
@@ -113,12 +123,20 @@ def _invalid(code: str, message: str, detail: object | None = None) -> InvalidIn
 
 
 class Inference:
-    def __init__(self, engines: EngineState, readiness: Readiness, max_images: int) -> None:
+    def __init__(
+        self,
+        engines: EngineState,
+        readiness: Readiness,
+        max_images: int,
+        audit: AuditLog | None = None,
+    ) -> None:
         """`readiness`: the server's own checks (those of /health/ready); `max_images`: the
-        most images one request may hold (the analyses the server takes at once)."""
+        most images one request may hold (the analyses the server takes at once); `audit`:
+        where requests with an AuditContext are recorded."""
         self._engines = engines
         self._readiness = readiness
         self.max_images = max_images
+        self.audit = audit
 
     # -- health and metadata ---------------------------------------------------------------
 
@@ -173,18 +191,126 @@ class Inference:
     # -- inference -------------------------------------------------------------------------
 
     @contextmanager
-    def admit(self, version: str = "", key: str | None = None) -> Iterator[None]:
+    def admit(
+        self, version: str = "", key: str | None = None, audit: AuditContext | None = None
+    ) -> Iterator[None]:
         """One analysis's place, taken before a request's body is read (Overloaded, 503,
         when the wait would exceed the budget), with the engine of `version` (empty: the
         served one, or a canary's for its share of `key`s); `infer(admitted=1)` takes the
-        rest with the same engine."""
-        with self._engines.admit(1, version, key):
+        rest with the same engine. A refusal is recorded in the audit log under `audit`,
+        when given."""
+        with ExitStack() as place:
+            try:
+                place.enter_context(self._engines.admit(1, version, key))
+            except ChexrayError as exc:
+                if self._auditing(audit):
+                    assert audit is not None and self.audit is not None
+                    served = version or self._version()["model_version"]
+                    self.audit.append_nowait(entry(audit, now(), error=exc, model_version=served))
+                raise
             yield
+
+    def _auditing(self, audit: AuditContext | None) -> bool:
+        return audit is not None and self.audit is not None and self.audit.enabled
+
+    def _version(self) -> dict[str, str | None]:
+        engine = self._engines.engine
+        return {"model_version": engine.manifest.version if engine is not None else None}
 
     async def infer(self, request: InferRequest, admitted: int = 0) -> InferResponse:
         """Run the request's images through the engine; `admitted`: places the caller holds
         already for this request (see `admit`). Raises a coded ChexrayError for bad input
-        (the element at fault named), unknown models, and an engine that cannot take it."""
+        (the element at fault named), unknown models, and an engine that cannot take it.
+
+        With `request.audit`, each image is recorded in the audit log: answered, or
+        refused (the element at fault with its own code, the others with the request's);
+        a request refused before its images are known is one refused record. The answer
+        leaves only once its records are committed."""
+        if not self._auditing(request.audit):
+            try:
+                return (await self._infer(request, admitted))[0]
+            except _Refused as refused:
+                raise refused.error from None
+        assert request.audit is not None and self.audit is not None
+        started, start = now(), time.perf_counter()
+        try:
+            response, tensor, results = await self._infer(request, admitted)
+        except _Refused as refused:
+            records = self._records(request, started, start, refused.tensor, refused.results)
+            await self._append(records, refused.error)
+            raise refused.error from None
+        except Exception as exc:
+            record = entry(
+                request.audit,
+                started,
+                total_ms=(time.perf_counter() - start) * 1e3,
+                error=exc if isinstance(exc, ChexrayError) else "internal_error",
+                **self._version(),
+            )
+            await self._append([record], exc)
+            raise
+        await self.audit.append(*self._records(request, started, start, tensor, results))
+        return response
+
+    async def _append(self, records: list[dict[str, object]], error: BaseException) -> None:
+        assert self.audit is not None
+        try:
+            await self.audit.append(*records)
+        except ChexrayError as exc:  # the refusal itself is what the caller hears about
+            log.warning("audit log: a refusal (%s) was not recorded: %s", error, exc)
+
+    def _records(
+        self,
+        request: InferRequest,
+        started: dt.datetime,
+        start: float,
+        tensor: Tensor,
+        results: list[Prediction | BaseException],
+    ) -> list[dict[str, object]]:
+        assert request.audit is not None
+        total_ms = (time.perf_counter() - start) * 1e3
+        failed = next((r for r in results if isinstance(r, BaseException)), None)
+        request_error = _code(failed) if failed is not None else None
+        records = []
+        for x, result in zip(tensor.data, results, strict=True):
+            raw = bytes(x) if tensor.name == IMAGE else np.ascontiguousarray(x).tobytes()
+            common = {
+                "digest": hashlib.sha256(raw).hexdigest(),
+                "size": len(raw),
+                "forced": request.force,
+                "total_ms": total_ms,
+            }
+            if isinstance(result, BaseException):
+                error = _code(result)
+                kind = _format(raw) if tensor.name == IMAGE else PIXELS
+                records.append(
+                    entry(
+                        request.audit,
+                        started,
+                        image_format=kind,
+                        error=error,
+                        **common,
+                        **self._version(),
+                    )
+                )
+            elif request_error is not None:
+                records.append(
+                    entry(
+                        request.audit,
+                        started,
+                        image_format=result.image.format if tensor.name == IMAGE else PIXELS,
+                        error=request_error,
+                        model_version=result.model_version,
+                        **common,
+                    )
+                )
+            else:
+                records.append(entry(request.audit, started, prediction=result, **common))
+        return records
+
+    async def _infer(
+        self, request: InferRequest, admitted: int = 0
+    ) -> tuple[InferResponse, Tensor, list[Prediction | BaseException]]:
         self.check_model(request.model_name, request.model_version)
         # The engine this request was admitted to (see `admit`), else the one for it now.
         engine = self._engines.current(request.model_version)
@@ -203,15 +329,17 @@ class Inference:
         predictions = []
         for i, result in enumerate(results):
             if isinstance(result, BaseException):
-                raise _located(result, tensor.name, i, count)
+                error = _located(result, tensor.name, i, count)
+                raise _Refused(error, tensor, results) from error
             predictions.append(result)
         arrays = _arrays(engine, predictions)
-        return InferResponse(
+        response = InferResponse(
             MODEL,
             version,
             tuple(Tensor(name, _datatype(arrays[name]), arrays[name]) for name in outputs),
             request.id,
         )
+        return response, tensor, list(results)
 
     def _outputs(self, engine: Engine, asked: tuple[str, ...]) -> list[str]:
         known = [o.name for o in engine.manifest.outputs] + [PRESENT]
@@ -264,6 +392,29 @@ class Inference:
                 f"{self.max_images} (send several requests)",
             )
         return tensor
+
+
+class _Refused(Exception):
+    """An image of the request failed: the error to raise, and every image's outcome."""
+
+    def __init__(
+        self, error: BaseException, tensor: Tensor, results: list[Prediction | BaseException]
+    ) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.tensor = tensor
+        self.results = results
+
+
+def _code(exc: BaseException) -> str:
+    return exc.code if isinstance(exc, ChexrayError) else "internal_error"
+
+
+def _format(raw: bytes) -> str | None:
+    try:
+        return detect_format(raw)
+    except ChexrayError:
+        return None
 
 
 def _dim(d: int | str) -> int:

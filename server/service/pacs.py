@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from server.errors import ChexrayError, NotFound, Unavailable
 from server.pacs.client import DicomWebClient
+from server.service.audit import AuditContext
 from server.service.dicom_intake import DicomIntake, InstanceOutcome
 from server.service.predictions import Predictions
 from server.settings import Settings
@@ -222,9 +223,11 @@ class PacsLink:
         owner_id: int,
         force: bool = False,
         client: str | None = None,
+        audit: AuditContext | None = None,
     ) -> list[InstanceOutcome]:
         """Fetch a study (or one of its series) from the PACS and analyse every instance;
-        each stored analysis is queued back to the PACS."""
+        each stored analysis is queued back to the PACS. `audit`: who asked, for the
+        audit log (one record per instance)."""
         if not self.enabled:
             raise not_configured()
         async with self.client() as pacs:
@@ -234,6 +237,6 @@ class PacsLink:
                 instances = await pacs.retrieve_study(study_uid)
         # One at a time: a pull is background work and must not crowd out interactive users.
         return [
-            await self.intake.analyse(data, owner_id, force, client=client, admit=True)
+            await self.intake.analyse(data, owner_id, force, client=client, admit=True, audit=audit)
             for data in instances
         ]

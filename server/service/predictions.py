@@ -9,10 +9,11 @@ per finding from the stored image and CAM maps, then kept).
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
 import anyio
@@ -29,8 +30,11 @@ from server.errors import (
     QuotaExceeded,
     Unauthenticated,
 )
+from server.runtime.decode import detect_format
+from server.runtime.engine import Prediction
 from server.runtime.findings import FINDINGS, slug
 from server.runtime.state import EngineState
+from server.service.audit import AuditContext, AuditLog, entry, now, sha256
 from server.service.dicom_results import (
     SOURCE_HEADER,
     header_bytes,
@@ -65,6 +69,8 @@ class AnalyseOptions:
     # Analyse a DICOM outside the intended use (server/runtime/intended_use.py) instead of
     # refusing it; its answer then says so.
     force: bool = False
+    # Who asked, for the audit log (server/service/audit.py); None: not recorded.
+    audit: AuditContext | None = None
 
 
 @dataclass(frozen=True)
@@ -120,12 +126,15 @@ class Predictions:
         anonymous_per_address_hourly: int = 0,
         counts: Counts | None = None,
         on_dicom_stored: Callable[[str], Awaitable[None]] | None = None,
+        audit: AuditLog | None = None,
     ) -> None:
         """`max_anonymous`: anonymous studies kept at once (0: none);
         `anonymous_per_address_hourly`: per client address and hour (0: no limit), counted
         in `counts` (default: this process's memory); `on_dicom_stored`: called with the id
-        of each study stored from a DICOM (the PACS link queues its results)."""
+        of each study stored from a DICOM (the PACS link queues its results); `audit`:
+        where each analysis with an AuditContext is recorded."""
         self.on_dicom_stored = on_dicom_stored
+        self.audit = audit
         self.engines = engines
         self.store = store
         self.renderer = renderer
@@ -164,21 +173,118 @@ class Predictions:
         expires = self.store.expires_at(study.created_at, study.owner_id)
         return dataclasses.replace(result_from_study(study), expires_at=expires)
 
+    @contextmanager
     def admit(
-        self, count: int = 1, model_version: str = "", key: str | None = None
-    ) -> AbstractContextManager[object]:
+        self,
+        count: int = 1,
+        model_version: str = "",
+        key: str | None = None,
+        audit: AuditContext | None = None,
+    ) -> Iterator[object]:
         """Places for `count` analyses, taken before their bytes are read (Overloaded: 503
         with Retry-After when the wait would exceed the budget, or while shutting down),
         with the model version that will answer them: `model_version` when pinned
         (Conflict `version_not_loaded`, NotFound `unknown_model_version`), else the served
-        one or a canary's for its share of `key`s (the request id)."""
-        return self.engines.admit(count, model_version, key)
+        one or a canary's for its share of `key`s (the request id). A refusal is recorded
+        in the audit log under `audit`, when given."""
+        with ExitStack() as places:
+            try:
+                engine = places.enter_context(self.engines.admit(count, model_version, key))
+            except ChexrayError as exc:
+                if audit is not None and self.audit is not None:
+                    served = model_version or self._served()["model_version"]
+                    self.audit.append_nowait(entry(audit, now(), error=exc, model_version=served))
+                raise
+            yield engine
+
+    def _served(self) -> dict[str, str | None]:
+        engine = self.engines.engine
+        return {"model_version": engine.manifest.version if engine is not None else None}
+
+    def _auditing(self, options: AnalyseOptions) -> bool:
+        return options.audit is not None and self.audit is not None and self.audit.enabled
+
+    async def refused(self, data: bytes, options: AnalyseOptions, code: str) -> None:
+        """Record an analysis refused before it reached the engine (a DICOM instance of
+        another SOP class or study, an unreadable one) under `options.audit`."""
+        if self._auditing(options):
+            await self._record_refusal(data, options, now(), await sha256(data), code, None)
+
+    async def _record_refusal(
+        self,
+        data: bytes,
+        options: AnalyseOptions,
+        started: dt.datetime,
+        digest: str | None,
+        error: ChexrayError | str,
+        total_ms: float | None,
+    ) -> None:
+        assert options.audit is not None and self.audit is not None
+        try:
+            kind: str | None = detect_format(data)
+        except ChexrayError:
+            kind = None
+        record = entry(
+            options.audit,
+            started,
+            digest=digest,
+            size=len(data),
+            image_format=kind,
+            forced=options.force,
+            total_ms=total_ms,
+            error=error,
+            **self._served(),
+        )
+        try:
+            await self.audit.append(record)
+        except ChexrayError as exc:  # the refusal itself is what the caller hears about
+            log.warning("audit log: a refusal (%s) was not recorded: %s", record["error_code"], exc)
 
     async def analyse(self, data: bytes, options: AnalyseOptions) -> Analysis:
         """Predict; when stored, keep the decoded image as PNG and the combined heatmap beside
         the study row, and for a DICOM its header without pixels (the patient and study its
         DICOM results must name; deleted with the study). An anonymous study is kept only
-        within the quotas, and comes with its deletion secret."""
+        within the quotas, and comes with its deletion secret.
+
+        With `options.audit`, the analysis is recorded in the audit log, answered or
+        refused; an answer leaves only once its record is committed (else Unavailable, and
+        a study just kept for it is deleted again)."""
+        if not self._auditing(options):
+            return (await self._analyse_counted(data, options))[0]
+        assert options.audit is not None and self.audit is not None
+        started, start = now(), time.perf_counter()
+        digest = await sha256(data)
+        try:
+            analysis, prediction = await self._analyse_counted(data, options)
+        except Exception as exc:
+            error = exc if isinstance(exc, ChexrayError) else "internal_error"
+            ms = (time.perf_counter() - start) * 1e3
+            await self._record_refusal(data, options, started, digest, error, ms)
+            raise
+        record = entry(
+            options.audit,
+            started,
+            digest=digest,
+            size=len(data),
+            prediction=prediction,
+            forced=options.force,
+            total_ms=(time.perf_counter() - start) * 1e3,
+        )
+        try:
+            await self.audit.append(record)
+        except ChexrayError:
+            if analysis.result.stored and analysis.result.id is not None:
+                with anyio.CancelScope(shield=True):
+                    try:
+                        await self.store.delete_study(analysis.result.id)
+                    except ChexrayError as exc:
+                        log.warning("study %s kept though unlogged: %s", analysis.result.id, exc)
+            raise
+        return analysis
+
+    async def _analyse_counted(
+        self, data: bytes, options: AnalyseOptions
+    ) -> tuple[Analysis, Prediction]:
         anonymous = options.store and options.owner_id is None
         counted = await self._admit_anonymous(options.client) if anonymous else None
         try:
@@ -192,7 +298,9 @@ class Predictions:
                     log.warning("could not give back an anonymous quota count: %s", exc)
             raise
 
-    async def _analyse(self, data: bytes, options: AnalyseOptions, anonymous: bool) -> Analysis:
+    async def _analyse(
+        self, data: bytes, options: AnalyseOptions, anonymous: bool
+    ) -> tuple[Analysis, Prediction]:
         start = time.perf_counter()
         # The engine this request was admitted to, even if the served version changed since.
         prediction = await self.engines.current().predict(data, options.force)
@@ -236,7 +344,7 @@ class Predictions:
             # Only an account's studies go to the PACS: an anonymous caller never writes there.
             if header is not None and stored.owner_id is not None and self.on_dicom_stored:
                 await self.on_dicom_stored(stored.id)
-        return Analysis(
+        analysis = Analysis(
             result,
             heat if options.heatmap else None,
             image if options.image else None,
@@ -244,6 +352,7 @@ class Predictions:
             (time.perf_counter() - start) * 1e3,
             delete_token,
         )
+        return analysis, prediction
 
     # -- stored studies --------------------------------------------------------------------
 

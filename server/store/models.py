@@ -1,11 +1,12 @@
 """The database tables: users, their session tokens and API keys, studies (one X-ray each),
-the files of studies when they are kept in the database, and the shared rate-limit counts."""
+the files of studies when they are kept in the database, the shared rate-limit counts,
+and the audit log."""
 
 from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import DDL, JSON, Column, Index, LargeBinary, event
+from sqlalchemy import DDL, JSON, BigInteger, Column, Index, LargeBinary, event
 from sqlmodel import Field, SQLModel
 
 
@@ -163,3 +164,72 @@ class PacsTransfer(SQLModel, table=True):
     sent_at: dt.datetime | None = None
     # SOP instance UIDs the PACS acknowledged, for the record.
     sent_instances: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+
+
+class AuditRecord(SQLModel, table=True):
+    """One analysis asked of CheXray, answered or refused (server/store/audit.py): who asked
+    (no patient identity: the input is known by its SHA-256 only), what answered and what
+    it said. Records form one hash chain (`prev_hash` -> `hash`) and are never updated;
+    only retention deletes the oldest. Deliberately without foreign keys: a record
+    outlives the study and the account it speaks of."""
+
+    __tablename__ = "audit_log"
+
+    # The record's place in the chain, given under the chain's lock (not by a sequence):
+    # ids are consecutive, so a deleted record leaves a gap that verification finds.
+    id: int = Field(sa_type=BigInteger, primary_key=True, sa_column_kwargs={"autoincrement": False})
+    time: dt.datetime = Field(index=True)  # UTC
+    request_id: str | None = Field(default=None, max_length=64)
+    protocol: str = Field(max_length=16)  # rest, legacy, oip-rest, oip-grpc, dicomweb, pacs-pull
+    principal: str = Field(max_length=16)  # user, api_key, anonymous
+    user_id: int | None = None
+    api_key_id: int | None = None
+    client: str | None = Field(default=None, max_length=64)
+    input_sha256: str | None = Field(default=None, max_length=64)
+    image_format: str | None = Field(default=None, max_length=8)
+    byte_size: int | None = None
+    width: int | None = None
+    height: int | None = None
+    model_version: str | None = Field(default=None, max_length=64)
+    backend: str | None = Field(default=None, max_length=32)
+    precision: str | None = Field(default=None, max_length=8)
+    forced: bool = False  # analysed outside the intended use on the caller's request
+    # Per finding, FINDINGS order; None when refused.
+    thresholds: list[float] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    probabilities: list[float] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    calls: list[bool] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    # decode_ms, queue_ms, compute_ms, total_ms
+    timings: dict | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    outcome: str = Field(max_length=16)  # answered, refused
+    error_code: str | None = Field(default=None, max_length=64)
+    prev_hash: str = Field(max_length=64)
+    hash: str = Field(max_length=64)
+
+
+class AuditChain(SQLModel, table=True):
+    """The audit chain's head, one row (id 1): the last record's id and hash, locked by
+    every append so that replicas sharing the database extend one chain; and the anchor,
+    the last record that retention deleted, from which the chain is verified."""
+
+    __tablename__ = "audit_chain"
+
+    id: int = Field(default=1, primary_key=True, sa_column_kwargs={"autoincrement": False})
+    last_id: int = Field(default=0, sa_type=BigInteger)
+    last_hash: str = Field(max_length=64)
+    anchor_id: int = Field(default=0, sa_type=BigInteger)
+    anchor_hash: str = Field(max_length=64)
+    anchor_time: dt.datetime | None = None
+
+
+GENESIS_HASH = "0" * 64
+
+# The head row exists from the moment the table does (created under the schema lock, so
+# once, whichever replica creates it).
+event.listen(
+    AuditChain.__table__,
+    "after_create",
+    DDL(
+        "INSERT INTO audit_chain (id, last_id, last_hash, anchor_id, anchor_hash) "
+        f"VALUES (1, 0, '{GENESIS_HASH}', 0, '{GENESIS_HASH}')"
+    ),
+)

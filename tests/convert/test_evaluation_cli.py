@@ -136,6 +136,12 @@ def test_calibrate_fits_weights_and_thresholds_and_the_server_serves_them(
     report = json.loads((tmp_path / "cal" / "calibration.json").read_text())
     assert after.version == report["new_version"] != before.version
     assert after.calibration is not None and after.calibration.previous_version == before.version
+    # The drift report's reference: the calibrated ensemble's scores on the set, sketched.
+    quantiles = after.calibration.score_quantiles
+    assert quantiles is not None and set(quantiles) == set(FINDINGS)
+    for finding in FINDINGS:
+        assert len(quantiles[finding]) == 100 and quantiles[finding] == sorted(quantiles[finding])
+        assert 0.0 <= quantiles[finding][0] <= quantiles[finding][-1] <= 1.0, finding
     assert (repo / "versions" / f"{before.version}.json").is_file()
     assert (repo / before.fused.file).is_file()  # the previous graph is kept
 
