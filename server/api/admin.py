@@ -68,6 +68,7 @@ class ActivatedOut(msgspec.Struct):
 class RolloutIn(msgspec.Struct, forbid_unknown_fields=True):
     mode: Literal["canary", "shadow"]
     version: Version
+    # A canary's share of the analyses; none: CHEXRAY_CANARY_FRACTION (0.05).
     fraction: Annotated[float, Meta(ge=0.0, le=1.0)] | None = None
 
 

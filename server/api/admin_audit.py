@@ -9,10 +9,11 @@ import datetime as dt
 from typing import Annotated
 
 import msgspec
-from litestar import Response, get
+from litestar import Request, Response, get
 from litestar.params import Parameter
 
 from server.api.deps import AuthDep, ServiceDep
+from server.api.errors import ApiError
 from server.api.openapi import SIGNED_IN, SIGNED_IN_ONLY, errors
 from server.service.audit import export_line
 
@@ -46,6 +47,7 @@ class AuditVerification(msgspec.Struct):
     responses=errors(400, *SIGNED_IN),
 )
 async def audit_records(
+    request: Request,
     auth: AuthDep,
     service: ServiceDep,
     since: Annotated[dt.datetime | None, Parameter(description="from this time (ISO 8601)")] = None,
@@ -56,6 +58,19 @@ async def audit_records(
     """Audit records, oldest first, one JSON object per line (the fields of `chexray audit
     export`). At most `limit`; for the next page, pass the last line's `id` as `after`."""
     await service.accounts.require_admin(auth)
+    for name in ("since", "until"):
+        # The query parser also takes a bare number as a timestamp: only ISO 8601 is meant.
+        raw = request.query_params.get(name)
+        if raw is not None:
+            try:
+                dt.datetime.fromisoformat(raw)
+            except ValueError:
+                raise ApiError(
+                    400,
+                    "invalid_time",
+                    f"{name} must be an ISO 8601 time, e.g. 2026-01-31T00:00:00Z, not {raw!r}",
+                    {"field": name},
+                ) from None
     rows = await service.audit.page(since, until, after, limit)
     body = "".join(export_line(r) + "\n" for r in rows).encode()
     return Response(body, media_type=NDJSON, headers={"Cache-Control": "no-store"})

@@ -114,7 +114,9 @@ class Service:
         self.inference = Inference(
             self.engines, self.readiness, settings.max_queue, audit=self.audit
         )
-        self.lifecycle = Lifecycle(self.engines, self.accounts, settings.model_dir)
+        self.lifecycle = Lifecycle(
+            self.engines, self.accounts, settings.model_dir, settings.canary_fraction
+        )
         self._manifest = manifest
         self._boot: asyncio.Task | None = None
         self._sweeper: asyncio.Task | None = None

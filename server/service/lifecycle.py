@@ -46,10 +46,18 @@ class ModelsState:
 
 
 class Lifecycle:
-    def __init__(self, engines: EngineState, accounts: Accounts, model_dir: Path) -> None:
+    def __init__(
+        self,
+        engines: EngineState,
+        accounts: Accounts,
+        model_dir: Path,
+        canary_fraction: float = 0.05,
+    ) -> None:
+        """`canary_fraction`: a canary's share when a rollout names none."""
         self.engines = engines
         self.accounts = accounts
         self.model_dir = model_dir
+        self.canary_fraction = canary_fraction
 
     async def state(self, who: Principal) -> ModelsState:
         await self.accounts.require_admin(who)
@@ -95,7 +103,9 @@ class Lifecycle:
             raise InvalidInput(
                 "invalid_mode", f"mode must be canary or shadow, not {mode!r}", {"field": "mode"}
             )
-        if mode == "canary" and (fraction is None or not 0.0 <= fraction <= 1.0):
+        if mode == "canary" and fraction is None:
+            fraction = self.canary_fraction
+        if mode == "canary" and not 0.0 <= fraction <= 1.0:
             raise InvalidInput(
                 "invalid_fraction",
                 "a canary needs a fraction between 0 and 1: the share of analyses it answers",

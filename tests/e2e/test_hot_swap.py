@@ -144,7 +144,7 @@ def test_switching_versions_under_load(tiny_copy: Path, tmp_path: Path, capsys) 
         # `chexray models use` on the running server: installed and switched at once.
         models = tmp_path / "models"
         token = admin["Authorization"].split()[1]
-        use = ["models", "use", old, "--dir", str(models), "--server", base, "--token", token]
+        use = ["models", "use", old, "--dir", str(models), "--server", base, f"--token={token}"]
         assert cli.main(use) == 0
         assert f"the server at {base} now serves it" in capsys.readouterr().out
         assert load_manifest(models).version == old
@@ -157,7 +157,7 @@ def test_switching_versions_under_load(tiny_copy: Path, tmp_path: Path, capsys) 
         assert r.json()["model_version"] == old
         # A version whose files are damaged is refused before the server is asked.
         refused = ["models", "use", broken, "--dir", str(models), "--server", base]
-        assert cli.main([*refused, "--token", token]) == 2
+        assert cli.main([*refused, f"--token={token}"]) == 2
         assert "damaged" in capsys.readouterr().out
         assert load_manifest(models).version == old
         # Without a token: installed, for the next restart.

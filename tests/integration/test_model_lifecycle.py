@@ -194,8 +194,14 @@ def test_a_canary_answers_its_share_and_promotion_makes_it_primary(
     with client(tiny_copy, tmp_path / "data") as c:
         admin = register(c, "admin")
         served = predict(c)["model_version"]
-        bad = c.put(ROLLOUT, headers=admin, json={"mode": "canary", "version": other})
-        error(bad, 400, "invalid_fraction")
+        # No fraction: CHEXRAY_CANARY_FRACTION's; one outside 0..1 is refused.
+        default = c.put(ROLLOUT, headers=admin, json={"mode": "canary", "version": other})
+        assert default.status_code == 200, default.text
+        assert default.json()["rollout"]["fraction"] == 0.05
+        bad = c.put(
+            ROLLOUT, headers=admin, json={"mode": "canary", "version": other, "fraction": 2}
+        )
+        assert bad.status_code == 400, bad.text
         r = c.put(
             ROLLOUT, headers=admin, json={"mode": "canary", "version": other, "fraction": 0.3}
         )
