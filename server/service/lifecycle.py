@@ -13,7 +13,8 @@ from pathlib import Path
 
 from server.errors import InvalidInput
 from server.runtime.repository import archived_versions, current_manifest
-from server.runtime.state import EngineState, EngineView, Mode, RolloutReport
+from server.runtime.rollout import Mode, RolloutReport
+from server.runtime.state import EngineState, EngineView
 from server.service.accounts import Accounts, Principal
 
 MODES = ("canary", "shadow")

@@ -14,6 +14,7 @@ import pytest
 from server.errors import Conflict
 from server.runtime import state as state_module
 from server.runtime.admission import Admission
+from server.runtime.rollout import share
 from server.runtime.state import EngineState
 
 
@@ -127,6 +128,6 @@ def test_one_change_at_a_time_and_refusals_change_nothing(
 
 
 def test_the_canary_share_is_fixed_per_key() -> None:
-    shares = [state_module._share(f"request-{i}") for i in range(2000)]
-    assert shares == [state_module._share(f"request-{i}") for i in range(2000)]
+    shares = [share(f"request-{i}") for i in range(2000)]
+    assert shares == [share(f"request-{i}") for i in range(2000)]
     assert 0.45 < sum(s < 0.5 for s in shares) / len(shares) < 0.55
