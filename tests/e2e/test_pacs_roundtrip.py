@@ -5,7 +5,6 @@ away is retried until it is back. Every object CheXray writes passes dciodvfy.""
 
 from __future__ import annotations
 
-import io
 import os
 import subprocess
 import sys
@@ -19,29 +18,19 @@ from pydicom.uid import generate_uid
 
 from tests.support.api import register
 from tests.support.dciodvfy import dciodvfy
-from tests.support.dicom_studies import CT_IMAGE_STORAGE, chest_instance
+from tests.support.dicom_studies import (
+    CT_IMAGE_STORAGE,
+    SNOMED,
+    chest_instance,
+    concept_codes,
+    numbers,
+    read,
+)
 from tests.support.server_process import running_server
 
-SNOMED = {
-    "Atelectasis": "46621007",
-    "Cardiomegaly": "8186001",
-    "Consolidation": "95436008",
-    "Edema": "19242006",
-    "Pleural Effusion": "60046008",
-}
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.33"
 SC_CLASS = "1.2.840.10008.5.1.4.1.1.7"
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def read(data: bytes) -> pydicom.Dataset:
-    return pydicom.dcmread(io.BytesIO(data))
-
-
-def items(ds: pydicom.Dataset):
-    for item in ds.get("ContentSequence", []):
-        yield item
-        yield from items(item)
 
 
 def wait_sent(http: httpx.Client, study_id: str, auth: dict, timeout_s: float = 60.0) -> dict:
@@ -136,17 +125,10 @@ def test_a_study_in_the_pacs_is_pulled_analysed_and_its_results_pushed_back(
         source.SOPClassUID,
         source.SOPInstanceUID,
     )
-    codes = {
-        str(i.ConceptCodeSequence[0].CodeValue) for i in items(sr) if "ConceptCodeSequence" in i
-    }
-    assert set(SNOMED.values()) <= codes
-    numbers = [
-        float(i.MeasuredValueSequence[0].NumericValue)
-        for i in items(sr)
-        if i.get("ValueType") == "NUM" and "MeasuredValueSequence" in i
-    ]
+    assert set(SNOMED.values()) <= concept_codes(sr)
+    values = numbers(sr)
     for finding in answer["findings"]:
-        assert any(abs(n - finding["probability"]) < 1e-6 for n in numbers), finding
+        assert any(abs(n - finding["probability"]) < 1e-6 for n in values), finding
     for ds in heatmaps:
         assert ds.StudyInstanceUID == study_uid
         assert ds.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID

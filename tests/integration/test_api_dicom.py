@@ -6,37 +6,26 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-import pydicom
 import pytest
 
 from server.pacs.multipart import encode_related
 from tests.support.api import client, error, post_image, register
-from tests.support.dicom_studies import CT_IMAGE_STORAGE, DX_FOR_PRESENTATION, chest_instance
+from tests.support.dicom_studies import (
+    CT_IMAGE_STORAGE,
+    DX_FOR_PRESENTATION,
+    SNOMED,
+    chest_instance,
+    concept_codes,
+    numbers,
+    read,
+)
 from tests.support.images import dicom as sc_dicom
-
-SNOMED = {
-    "Atelectasis": "46621007",
-    "Cardiomegaly": "8186001",
-    "Consolidation": "95436008",
-    "Edema": "19242006",
-    "Pleural Effusion": "60046008",
-}
 
 
 @pytest.fixture
 def c(tiny_repo: Path, tmp_path: Path):
     with client(tiny_repo, tmp_path / "data") as c:
         yield c
-
-
-def read(data: bytes) -> pydicom.Dataset:
-    return pydicom.dcmread(io.BytesIO(data))
-
-
-def content_items(ds: pydicom.Dataset):
-    for item in ds.get("ContentSequence", []):
-        yield item
-        yield from content_items(item)
 
 
 def test_a_frontal_chest_cr_is_analysed_and_shows_what_it_is_but_not_whose(c) -> None:
@@ -72,19 +61,10 @@ def test_the_structured_report_holds_the_answer_in_the_source_study(c) -> None:
     assert sr.StudyInstanceUID == source.StudyInstanceUID
     assert sr.SeriesInstanceUID != source.SeriesInstanceUID
     assert sr.PatientID == source.PatientID and sr.PatientName == source.PatientName
-    codes = {
-        str(i.ConceptCodeSequence[0].CodeValue)
-        for i in content_items(sr)
-        if "ConceptCodeSequence" in i
-    }
-    assert set(SNOMED.values()) <= codes
-    numbers = [
-        float(i.MeasuredValueSequence[0].NumericValue)
-        for i in content_items(sr)
-        if i.get("ValueType") == "NUM" and "MeasuredValueSequence" in i
-    ]
+    assert set(SNOMED.values()) <= concept_codes(sr)
+    values = numbers(sr)
     for f in body["findings"]:
-        assert any(abs(n - f["probability"]) < 1e-6 for n in numbers), f
+        assert any(abs(n - f["probability"]) < 1e-6 for n in values), f
     # The same study always gives the same object: a re-send replaces, never duplicates.
     assert (
         read(c.get(body["urls"]["dicom_sr"], headers=auth).content).SOPInstanceUID

@@ -6,27 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 
 from server.store import accounts
 from server.store import pacs as transfers
 from server.store.store import Store
-from tests.integration.test_store import FILES, HOUR, row
+from tests.integration import test_store
+from tests.integration.test_store import FILES, row
+
+store = test_store.store  # the same fixture: a Store on each kind of database
 
 LEASE = dt.timedelta(minutes=5)
-
-
-@pytest.fixture
-def store(database_url: str, tmp_path: Path) -> Iterator[Store]:
-    s = Store(database_url, tmp_path / "media", anonymous_ttl=HOUR, orphan_grace=HOUR)
-    asyncio.run(s.open())
-    try:
-        yield s
-    finally:
-        s.close()
 
 
 def call(store: Store, fn, *args):

@@ -88,3 +88,45 @@ def chest_instance(
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
     return buf.getvalue()
+
+
+# What CheXray's results must say: the SNOMED CT code of each finding (server/dicom/codes.py
+# holds the served ones; these are the expected values, written out independently).
+SNOMED = {
+    "Atelectasis": "46621007",
+    "Cardiomegaly": "8186001",
+    "Consolidation": "95436008",
+    "Edema": "19242006",
+    "Pleural Effusion": "60046008",
+}
+
+
+def read(data: bytes):
+    """A Part 10 file's dataset."""
+    import pydicom
+
+    return pydicom.dcmread(io.BytesIO(data))
+
+
+def content_items(ds):
+    """Every content item of a Structured Report, depth first."""
+    for item in ds.get("ContentSequence", []):
+        yield item
+        yield from content_items(item)
+
+
+def numbers(sr) -> list[float]:
+    """The numeric values a Structured Report holds."""
+    return [
+        float(i.MeasuredValueSequence[0].NumericValue)
+        for i in content_items(sr)
+        if i.get("ValueType") == "NUM" and "MeasuredValueSequence" in i
+    ]
+
+
+def concept_codes(sr) -> set[str]:
+    return {
+        str(i.ConceptCodeSequence[0].CodeValue)
+        for i in content_items(sr)
+        if "ConceptCodeSequence" in i
+    }
