@@ -5,6 +5,7 @@ history, others refused with the reason; unknown calling AE titles are turned aw
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import httpx
@@ -69,6 +70,15 @@ def test_c_store_analyses_radiographs_and_says_why_it_refuses_the_rest(scp) -> N
     assert full["image"]["dicom"]["SOPClassUID"] == CR
     sr = pydicom.dcmread(io.BytesIO(http.get(full["urls"]["dicom_sr"], headers=auth).content))
     assert sr.StudyInstanceUID == pydicom.dcmread(io.BytesIO(good)).StudyInstanceUID
+    # Each C-STORE is in the audit log (the owner is the first account: an administrator).
+    records = [json.loads(x) for x in http.get("/api/v1/admin/audit", headers=auth).text.split()]
+    dimse = [(r["outcome"], r["error_code"]) for r in records if r["protocol"] == "dimse"]
+    assert dimse == [
+        ("answered", None),
+        ("refused", "outside_intended_use"),
+        ("refused", "unsupported_sop_class"),
+    ]
+    assert {r["client"] for r in records if r["protocol"] == "dimse"} == {"dicom:MODALITY"}
 
 
 def test_unknown_calling_ae_titles_are_turned_away(scp) -> None:

@@ -5,6 +5,7 @@ away is retried until it is back. Every object CheXray writes passes dciodvfy.""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -141,6 +142,13 @@ def test_a_study_in_the_pacs_is_pulled_analysed_and_its_results_pushed_back(
     assert again.status_code == 200, again.text
     body = again.json()
     assert body["analysed"] == 1 and body["refused"] == 7
+    # The audit log has every pulled instance, answered or refused, as a pull.
+    lines = http.get("/api/v1/admin/audit", headers=auth).text.splitlines()
+    pulled = [json.loads(line) for line in lines if json.loads(line)["protocol"] == "pacs-pull"]
+    assert [r["outcome"] for r in pulled].count("answered") == 2
+    assert {r["error_code"] for r in pulled if r["outcome"] == "refused"} == {
+        "unsupported_sop_class"
+    }
 
 
 def test_stow_straight_to_chexray_through_an_independent_client(orthanc, chexray) -> None:
