@@ -244,5 +244,5 @@ async def send_study_to_pacs(
     the transfer's state. 409 `not_dicom` for a study not analysed from a DICOM; 503
     `pacs_not_configured` without a PACS."""
     study = await service.predictions.study(study_id, auth.user_id)
-    await service.predictions.dicom_sr(study)  # 409 not_dicom before anything is queued
+    await service.predictions.require_dicom(study)  # 409 not_dicom before anything is queued
     return pacs_out(await service.pacs.resend(study))

@@ -422,6 +422,10 @@ class Predictions:
 
     # -- DICOM results ---------------------------------------------------------------------
 
+    async def require_dicom(self, study: Study) -> None:
+        """Conflict `not_dicom` unless the study has DICOM results (its source's header)."""
+        await self._source_header(study)
+
     async def _source_header(self, study: Study) -> bytes:
         if study.image_format != "dicom":
             raise not_dicom()
