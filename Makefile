@@ -9,8 +9,8 @@ PRESET ?= default
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[cpu,convert,evaluate,dev]'
+	scripts/pip-install.sh $(BIN)/python --upgrade pip
+	scripts/pip-install.sh $(BIN)/python -e '.[cpu,convert,evaluate,dev]'
 	rm -f $(VENV)/.installed-* && touch $@
 
 setup: $(STAMP)
@@ -32,14 +32,14 @@ test-fast: $(STAMP)
 
 # All benchmarks side by side; writes bench/results/<machine>-<date>.{json,md,png}.
 bench: $(STAMP)
-	$(BIN)/python -m pip install -q -e '.[cpu,convert,bench]'
+	scripts/pip-install.sh $(BIN)/python -e '.[cpu,convert,bench]'
 	$(BIN)/python bench/run.py
 
 # 30 minutes of mixed traffic at saturation (bench/soak.py): RSS over time, answers by
 # code, no lost or mixed-up studies; writes bench/results/soak-<machine>-<date>.*.
 # SOAK_ARGS passes options: SOAK_ARGS='--minutes 5'.
 soak: $(STAMP)
-	$(BIN)/python -m pip install -q -e '.[cpu,convert,bench]'
+	scripts/pip-install.sh $(BIN)/python -e '.[cpu,convert,bench]'
 	$(BIN)/python bench/soak.py $(SOAK_ARGS)
 
 # GPU benchmark (bench/gpu.py): engine limit on CUDA fp32/fp16, the server at 1-64 clients,
@@ -54,8 +54,8 @@ MODELS ?= models_onnx
 
 $(GPU_STAMP): pyproject.toml
 	test -x $(GPU_BIN)/python || $(PYTHON) -m venv $(GPU_VENV)
-	$(GPU_BIN)/python -m pip install -q --upgrade pip
-	$(GPU_BIN)/python -m pip install -q -e '.[gpu,bench,bench-gpu]'
+	scripts/pip-install.sh $(GPU_BIN)/python --upgrade pip
+	scripts/pip-install.sh $(GPU_BIN)/python -e '.[gpu,bench,bench-gpu]'
 	rm -f $(GPU_VENV)/.installed-* && touch $@
 
 bench-gpu:
