@@ -17,6 +17,7 @@ import datetime as dt
 import json
 import os
 import re
+import shutil
 import statistics
 import sys
 import tempfile
@@ -107,6 +108,7 @@ def main() -> int:
                     rows[how].append(time.perf_counter() - t)
     finally:
         orthanc.stop()
+        shutil.rmtree(work, ignore_errors=True)
     summary = {
         how: {
             "studies": len(v),

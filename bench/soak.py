@@ -24,6 +24,7 @@ import json
 import os
 import random
 import re
+import shutil
 import struct
 import subprocess
 import sys
@@ -576,6 +577,12 @@ def main() -> int:
         and not tracebacks
         and not any(audit_result[k] for k in ("lost", "foreign", "changed"))
     )
+    # The server's data (GBs of studies after 30 minutes) stays only when something is to
+    # be looked into.
+    if ok:
+        shutil.rmtree(data, ignore_errors=True)
+    else:
+        print(f"the server's data and log are kept in {data}")
     return 0 if ok else 1
 
 
