@@ -224,6 +224,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Heatmaps.
     heatmap_alpha: float = 0.45
     decode_threads: int = 2  # decoding and rendering, off the event loop
+    # How far below the engine's threads the decoding and rendering threads run (nice
+    # steps, 0-19; 0: the same priority): the engine is then never stalled by them.
+    side_work_nice: int = 10
 
     def __post_init__(self) -> None:
         positive = (
@@ -289,6 +292,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 f"set {PREFIX}CANARY_VERSION or {PREFIX}SHADOW_VERSION, not both: one "
                 "candidate runs beside the served version at a time",
                 "shadow_version",
+            )
+        if not 0 <= self.side_work_nice <= 19:
+            raise SettingsError(
+                f"{PREFIX}SIDE_WORK_NICE must be 0 (the engine's priority) to 19", "side_work_nice"
             )
         if not self.audit_retention_days >= 0:
             raise SettingsError(

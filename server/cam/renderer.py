@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 import cv2
@@ -14,18 +13,24 @@ import numpy as np
 
 from server.cam.render import encode_png, heatmap_png
 from server.runtime.findings import FINDINGS
+from server.runtime.threads import side_pool
 
 T = TypeVar("T")
 
 
 class Renderer:
     def __init__(
-        self, alpha: float, threads: int, observe: Callable[[float], None] | None = None
+        self,
+        alpha: float,
+        threads: int,
+        observe: Callable[[float], None] | None = None,
+        nice: int = 0,
     ) -> None:
-        """`observe`: called with each heatmap's drawing time in seconds (metrics)."""
+        """`observe`: called with each heatmap's drawing time in seconds (metrics); `nice`:
+        how far below the engine's threads the drawing threads run (server/runtime/threads)."""
         self.alpha = alpha
         self._observe = observe
-        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="chexray-render")
+        self._pool = side_pool(threads, "chexray-render", nice)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

@@ -12,7 +12,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -32,6 +31,7 @@ from server.runtime.metrics import EngineMetrics
 from server.runtime.precision import gate
 from server.runtime.preprocess import resize_for_model
 from server.runtime.repository import verify_repository
+from server.runtime.threads import side_pool
 from server.settings import Settings
 
 log = logging.getLogger("chexray.runtime")
@@ -119,7 +119,7 @@ class Engine:
             on_refused=lambda code: self.metrics.rejected.inc(),
         )
         self.metrics.in_flight.set_function(lambda: self.admission.in_flight)
-        self._pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="chexray-cpu")
+        self._pool = side_pool(settings.decode_threads, "chexray-cpu", settings.side_work_nice)
         self.warmed_up = False
         # Told of every answer (not of shadow work): the engine state's rollout statistics
         # and shadow mirroring.

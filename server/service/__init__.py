@@ -94,7 +94,10 @@ class Service:
         )
         self.audit = AuditLog(self.store, settings.audit_log, settings.audit_retention_days)
         self.renderer = Renderer(
-            settings.heatmap_alpha, settings.decode_threads, self._observe_render
+            settings.heatmap_alpha,
+            settings.decode_threads,
+            self._observe_render,
+            settings.side_work_nice,
         )
         self.predictions = Predictions(
             self.engines,

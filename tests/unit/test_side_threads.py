@@ -1,0 +1,46 @@
+"""Decoding and drawing threads run below the engine's priority (server/runtime/threads)."""
+
+import os
+import sys
+import threading
+
+import pytest
+
+from server.runtime.threads import MAX_NICE, side_pool
+from server.settings import Settings, SettingsError
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux thread nice")
+
+
+def _nice_of_pool_thread(nice: int) -> tuple[int, int]:
+    """(the creating thread's nice, a pool thread's nice)."""
+    pool = side_pool(1, "test-side", nice)
+    try:
+        theirs = pool.submit(lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id()), theirs.result(10)
+    finally:
+        pool.shutdown()
+
+
+def test_pool_threads_run_the_given_steps_below_their_creator() -> None:
+    mine, theirs = _nice_of_pool_thread(5)
+    assert theirs == min(MAX_NICE, mine + 5)
+
+
+def test_the_creating_thread_keeps_its_priority() -> None:
+    before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    _nice_of_pool_thread(10)
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before
+
+
+def test_zero_leaves_the_priority_alone() -> None:
+    mine, theirs = _nice_of_pool_thread(0)
+    assert theirs == mine
+
+
+def test_the_nice_setting_is_bounded() -> None:
+    assert Settings().side_work_nice == 10
+    with pytest.raises(SettingsError, match="SIDE_WORK_NICE"):
+        Settings(side_work_nice=20)
+    with pytest.raises(SettingsError, match="SIDE_WORK_NICE"):
+        Settings(side_work_nice=-1)
