@@ -9,21 +9,40 @@ CHEXRAY_BENCH_QUERY sets the query string (default `heatmap=none`: the engine's 
 A refusal (503, the server's admission control) is recorded apart, as `REFUSED`, so the
 answered requests' rate and latencies stay those of real answers; the user then waits the
 Retry-After the server asked for, as a well-behaved client does.
+
+With CHEXRAY_BENCH_LATENCIES=FILE the answered requests' latencies (ms) are also written to
+FILE as a JSON list when Locust quits: Locust's own percentiles round times over a second
+to 100 ms, too coarse to hold a latency against a budget.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import random
 from pathlib import Path
 
 import gevent
-from locust import FastHttpUser, constant, task
+from locust import FastHttpUser, constant, events, task
 
 IMAGES = [p.read_bytes() for p in sorted(Path(os.environ["CHEXRAY_BENCH_IMAGES"]).glob("*.png"))]
 QUERY = os.environ.get("CHEXRAY_BENCH_QUERY", "heatmap=none")
 NAME = "POST /api/v1/predictions"
 REFUSED = NAME + " (refused)"
+LATENCIES = os.environ.get("CHEXRAY_BENCH_LATENCIES")
+_answered: list[float] = []
+
+
+@events.request.add_listener
+def _record(name: str, response_time: float, exception: Exception | None, **_: object) -> None:
+    if LATENCIES and name == NAME and exception is None:
+        _answered.append(response_time)
+
+
+@events.quitting.add_listener
+def _write(**_: object) -> None:
+    if LATENCIES:
+        Path(LATENCIES).write_text(json.dumps(_answered))
 
 
 # FastHttpUser (geventhttpclient): the load generator shares the machine with the server,
