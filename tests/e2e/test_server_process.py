@@ -3,7 +3,10 @@ anonymous predictions (none lost, none mixed up), then a clean shutdown."""
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -60,6 +63,22 @@ def test_concurrent_anonymous_predictions_are_neither_lost_nor_mixed_up(server) 
     distance = np.abs(together[:, None] - alone[None]).sum(-1)
     assert (distance.argmin(1) == np.arange(48)).all()
     assert max(t["batch_size"] for _, t in results) > 1
+
+
+def test_decoding_yields_to_the_engine(server) -> None:
+    """The decode threads run 10 nice steps below the server's other threads (the engine's
+    and the event loop's keep the priority it started with)."""
+    _, proc = server
+    if not sys.platform.startswith("linux"):
+        pytest.skip("Linux thread nice")
+    started = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())  # it inherited ours
+    # Field 19 of /proc/PID/task/TID/stat, counted after the parenthesised name.
+    nice = {
+        int(t.name): int((t / "stat").read_text().rsplit(")", 1)[1].split()[16])
+        for t in Path(f"/proc/{proc.pid}/task").iterdir()
+    }
+    assert nice[proc.pid] == started
+    assert sum(n == min(19, started + 10) for n in nice.values()) >= 2  # the decode pool
 
 
 def test_sigterm_shuts_down_cleanly(server) -> None:
