@@ -135,8 +135,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # when its first image has waited max_wait_ms; max_queue bounds what waits. With no
     # wait, an idle engine starts at once and batches form from what queues while it runs:
     # measured on 2 cores with OpenVINO bf16, 81 vs 94 ms p50 at one client, the same
-    # throughput at 16 (batches of 4: 17 images/s engine limit vs 16 at batches of 2).
-    max_batch: int = 4
+    # throughput at 16. Batches of 8 are the engine's best on 2 cores (1 to 8% more
+    # images/s than 4 in every benchmark run) for about 250 MB more resident memory.
+    max_batch: int = 8
     max_wait_ms: float = 0.0
     max_queue: int = 64  # analyses admitted at once (uploading, decoding, queued, running)
     # Admission by deadline: an analysis is refused (503 + Retry-After) before its body is
@@ -145,7 +146,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_queue_wait_ms: float = 3000.0
     inference_timeout_s: float = 60.0
     instances: int = 1  # sessions running batches side by side (useful on a GPU)
-    warmup_batch_sizes: tuple[int, ...] = (1, 2, 4)
+    warmup_batch_sizes: tuple[int, ...] = (1, 2, 4, 8)
 
     # What runs the fused graph (server/runtime/backends.py): auto = CUDA fp16 where a GPU
     # is, else OpenVINO bf16 where the CPU has native bf16, else fp32. int8 only when asked.
