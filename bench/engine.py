@@ -161,6 +161,45 @@ def main() -> int:
     return 0
 
 
+class Checkpoint:
+    """The engine limits a report's ratios use, measured again in this process between the
+    server's load levels (the server idle meanwhile): the reference at batch 1 and at its
+    best batch, and the served backend at its best batch (the batches from `rows`, the
+    full table). On shared cores a machine's speed drifts within minutes; a level is then
+    set against the engine as it ran just before and just after it."""
+
+    def __init__(self, repo: Path, threads: int, rows: list[dict], seconds: float = 2.0) -> None:
+        self.repo, self.threads, self.rows, self.seconds = repo, threads, rows, seconds
+        self.manifest = load_manifest(repo)
+        self._tmp = tempfile.TemporaryDirectory(prefix="chexray-engine-check-")
+        self._runs: dict[str, Run] = {}
+
+    def _run(self, config: str) -> Run:
+        if config not in self._runs:
+            make = configurations(
+                self.manifest, self.repo, self.threads, [config], Path(self._tmp.name)
+            )
+            self._runs[config] = make[config]()
+        return self._runs[config]
+
+    def __call__(self, backend: str) -> dict:
+        h, w = (int(d) for d in self.manifest.input.shape[1:])
+        plan = [
+            ("own", backend, best(self.rows, backend)["batch"]),
+            ("reference", "reference", best(self.rows, "reference")["batch"]),
+            ("reference_batch_1", "reference", 1),
+        ]
+        out: dict[str, dict] = {}
+        for key, config, n in plan:
+            images = random_images(n, h, w, seed=n)
+            out[key] = row(config, n, measure(self._run(config), images, self.seconds, 2))
+        return out
+
+    def close(self) -> None:
+        self._runs.clear()
+        self._tmp.cleanup()
+
+
 def best(rows: list[dict], config: str) -> dict:
     """The configuration's row with the most images/s (its engine limit)."""
     return max((r for r in rows if r["config"] == config), key=lambda r: r["images_per_s"])

@@ -7,7 +7,9 @@
 2. the server under Locust: a real `chexray serve` process on its `auto` choice, default
    preset, 1024x1024 PNGs, a sweep of concurrent users; throughput, p50/p95/p99, failures,
    mean batch size (from /metrics), peak RSS; then an overload level (100 users by default)
-   where admission control refuses what would wait past its budget;
+   where admission control refuses what would wait past its budget. The engine limits the
+   ratios use are measured again before the first level and after each one, so every level
+   is set against the engine as it ran around it (shared cores drift within minutes);
 3. the legacy application's architecture (bench/legacy_baseline.py) under the same load at 1
    and 16 users;
 4. bench/results/<machine>-<date>.{json,md,png}, and the three ratios printed last.
@@ -19,6 +21,7 @@ import argparse
 import csv
 import datetime as dt
 import json
+import math
 import os
 import platform
 import re
@@ -28,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -36,7 +40,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.engine import at_batch, best, cpu_model  # noqa: E402
+from bench.engine import Checkpoint, at_batch, best, cpu_model  # noqa: E402
 from bench.images import write_images  # noqa: E402
 from server.settings import Settings  # noqa: E402
 
@@ -207,7 +211,11 @@ def run_server(
     env_extra: dict[str, str],
     locust_processes: int = 1,
     overload_users: int = 0,
+    checkpoint: Callable[[str], dict] | None = None,
 ) -> dict:
+    """The sweep, then the overload level. With `checkpoint`, the engine is measured again
+    before the first level and after each one (the server idle), and every level records
+    the engine as it ran around it (`engine_around`)."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     data = workdir / "server-data"
@@ -224,6 +232,9 @@ def run_server(
     try:
         wait_ready(base + "/health/ready", proc)
         loaded = peak_rss_mb(proc.pid)
+        models = httpx.get(base + "/api/v1/models", timeout=10).json()
+        backend = f"{models['backend']}-{_device(models['provider'])}-{models['precision']}"
+        marks = [checkpoint(backend)] if checkpoint else []
         levels = []
         for n in [*users, *([overload_users] if overload_users else [])]:
             before = batch_totals(base)
@@ -232,6 +243,9 @@ def run_server(
             batches = after[1] - before[1]
             result["mean_batch"] = (after[0] - before[0]) / batches if batches else 0.0
             result["rss_mb"] = peak_rss_mb(proc.pid)
+            if checkpoint:
+                marks.append(checkpoint(backend))
+                result["engine_around"] = around(marks[-2], marks[-1])
             levels.append(result)
             print(
                 f"  server  {n:>3} users: {result['images_per_s']:.2f} images/s, "
@@ -242,7 +256,6 @@ def run_server(
             )
         overload = levels.pop() if overload_users else None
         peak = peak_rss_mb(proc.pid)
-        models = httpx.get(base + "/api/v1/models", timeout=10).json()
     finally:
         proc.terminate()
         proc.wait(60)
@@ -255,10 +268,27 @@ def run_server(
         "rss_loaded_mb": loaded,
         "rss_peak_mb": peak,
         "provider": models["provider"],
-        "backend": f"{models['backend']}-{_device(models['provider'])}-{models['precision']}",
+        "backend": backend,
         "model_version": models["version"],
         "settings": env_extra,
         "query": query,
+    }
+
+
+def around(before: dict, after: dict) -> dict:
+    """The engine checkpoints on either side of a level, as one: the mean of each."""
+    return {
+        "own_images_per_s": (before["own"]["images_per_s"] + after["own"]["images_per_s"]) / 2,
+        "own_batch": before["own"]["batch"],
+        "reference_images_per_s": (
+            before["reference"]["images_per_s"] + after["reference"]["images_per_s"]
+        )
+        / 2,
+        "reference_batch": before["reference"]["batch"],
+        "reference_batch_1_ms": (
+            before["reference_batch_1"]["median_ms"] + after["reference_batch_1"]["median_ms"]
+        )
+        / 2,
     }
 
 
@@ -307,29 +337,54 @@ def machine() -> dict:
     }
 
 
-def ratios(report: dict) -> dict:
-    """Against the reference measured in the same run: onnxruntime fp32 with its default
-    session settings at its best batch; and against the served backend's own limit."""
+def engine_then(report: dict, level: dict, paired: bool = True) -> dict:
+    """The engine limits to set a server level against: those measured around it where the
+    run took checkpoints (and `paired`), else the whole run's table."""
+    if paired and "engine_around" in level:
+        return level["engine_around"]
     rows = report["engine"]["rows"]
-    reference = best(rows, "reference")
-    reference_1 = at_batch(rows, "reference", 1)
-    own = best(rows, report["server"]["backend"])
+    own, reference = best(rows, report["server"]["backend"]), best(rows, "reference")
+    return {
+        "own_images_per_s": own["images_per_s"],
+        "own_batch": own["batch"],
+        "reference_images_per_s": reference["images_per_s"],
+        "reference_batch": reference["batch"],
+        "reference_batch_1_ms": at_batch(rows, "reference", 1)["median_ms"],
+    }
+
+
+def ratios(report: dict, paired: bool = True) -> dict:
+    """Against the reference measured in the same run: onnxruntime fp32 with its default
+    session settings at its best batch; and against the served backend's own limit. Each
+    server level is set against the engine as it ran around that level (`paired`), or
+    against the whole run's engine table."""
+    rows = report["engine"]["rows"]
     server = report["server"]["levels"]
-    saturation = max(r["images_per_s"] for r in server)
-    p50_1 = next((r["p50_ms"] for r in server if r["users"] == 1), float("nan"))
+    sat = max(server, key=lambda r: r["images_per_s"])
+    at_sat = engine_then(report, sat, paired)
+    one = next((r for r in server if r["users"] == 1), None)
+    p50_1 = (
+        one["p50_ms"] / engine_then(report, one, paired)["reference_batch_1_ms"]
+        if one
+        else math.nan
+    )
     out = {
-        "saturation_over_reference": saturation / reference["images_per_s"],
-        "p50_at_1_user_over_reference_batch_1": p50_1 / reference_1["median_ms"],
-        "saturation_over_own_engine_limit": saturation / own["images_per_s"],
+        "saturation_over_reference": sat["images_per_s"] / at_sat["reference_images_per_s"],
+        "p50_at_1_user_over_reference_batch_1": p50_1,
+        "saturation_over_own_engine_limit": sat["images_per_s"] / at_sat["own_images_per_s"],
     }
     overload = report["server"].get("overload")
     if overload:
         # Admission by deadline: overload keeps the saturation throughput, and what is
-        # accepted waits at most the budget plus its own batch.
+        # accepted waits at most the budget plus its own batch. Both levels are taken
+        # relative to the engine around them, so a drift of the machine between the two
+        # is not counted as the server's.
         server_batch = report["server"]["max_batch"]
         batch_ms = at_batch(rows, report["server"]["backend"], server_batch)["median_ms"]
         limit_ms = report["server"]["max_queue_wait_ms"] + batch_ms
-        out["overload_over_saturation"] = overload["images_per_s"] / saturation
+        out["overload_over_saturation"] = (
+            overload["images_per_s"] / engine_then(report, overload, paired)["own_images_per_s"]
+        ) / (sat["images_per_s"] / at_sat["own_images_per_s"])
         out["overload_p99_over_budget_plus_batch"] = overload["p99_ms"] / limit_ms
     if report.get("baseline"):
         base16 = next((r for r in report["baseline"]["levels"] if r["users"] == 16), None)
@@ -417,12 +472,17 @@ def markdown(report: dict) -> str:
         "",
         "## Server under load (Locust)",
         "",
-        "| users | images/s | p50 ms | p95 ms | p99 ms | failures | mean batch | peak RSS MB |",
-        "|---|---|---|---|---|---|---|---|",
+        "`engine then`: the served backend's limit at its best batch, measured just before and "
+        "just after the level (the server idle) and averaged; `/ engine`: the level's share "
+        "of it.",
+        "",
+        "| users | images/s | p50 ms | p95 ms | p99 ms | failures | mean batch | peak RSS MB "
+        "| engine then | / engine |",
+        "|---|---|---|---|---|---|---|---|---|---|",
         *[
             f"| {x['users']} | {x['images_per_s']:.2f} | {x['p50_ms']:.0f} | {x['p95_ms']:.0f} | "
             f"{x['p99_ms']:.0f} | {x['failures']}/{x['requests']} | {x['mean_batch']:.1f} | "
-            f"{x['rss_mb']:.0f} |"
+            f"{x['rss_mb']:.0f} | {engine_cells(report, x)} |"
             for x in report["server"]["levels"]
         ],
         "",
@@ -440,11 +500,12 @@ def markdown(report: dict) -> str:
             "Refused requests (503 + Retry-After) are counted apart; the users wait the "
             "Retry-After they are given. Rates and latencies are those of answered requests.",
             "",
-            "| users | images/s | p50 ms | p95 ms | p99 ms | failures | refused | mean batch |",
-            "|---|---|---|---|---|---|---|---|",
+            "| users | images/s | p50 ms | p95 ms | p99 ms | failures | refused | mean batch "
+            "| engine then | / engine |",
+            "|---|---|---|---|---|---|---|---|---|---|",
             f"| {x['users']} | {x['images_per_s']:.2f} | {x['p50_ms']:.0f} | {x['p95_ms']:.0f} "
             f"| {x['p99_ms']:.0f} | {x['failures']}/{x['requests']} | {x['refused']} | "
-            f"{x['mean_batch']:.1f} |",
+            f"{x['mean_batch']:.1f} | {engine_cells(report, x)} |",
         ]
     if report.get("baseline"):
         lines += [
@@ -462,11 +523,30 @@ def markdown(report: dict) -> str:
             "",
             f"Legacy baseline peak RSS: {report['baseline']['rss_peak_mb']:.0f} MB.",
         ]
-    lines += ["", "## Ratios", "", "| ratio | measured | target |", "|---|---|---|"]
+    whole = ratios(report, paired=False)
+    lines += [
+        "",
+        "## Ratios",
+        "",
+        "Each server level against the engine measured around it; in the last column, against "
+        "the engine table of the whole run instead (its two halves, minutes away from most "
+        "levels).",
+        "",
+        "| ratio | measured | target | against the whole run's table |",
+        "|---|---|---|---|",
+    ]
     for key, value in r.items():
         label, target = TARGETS[key]
-        lines.append(f"| {label} | {value:.2f} | {target} |")
+        lines.append(f"| {label} | {value:.2f} | {target} | {whole[key]:.2f} |")
     return "\n".join(lines) + "\n"
+
+
+def engine_cells(report: dict, level: dict) -> str:
+    """A level's `engine then` and `/ engine` cells."""
+    if "engine_around" not in level:
+        return " | "
+    own = level["engine_around"]["own_images_per_s"]
+    return f"{own:.2f} | {level['images_per_s'] / own:.2f}"
 
 
 def plot(report: dict, path: Path) -> None:
@@ -541,7 +621,8 @@ def main() -> int:
 
     print("1/4 engine limit, first half", flush=True)
     before = run_engine(args.repo, workdir, 4, args.threads, "before")
-    print("2/4 server under load", flush=True)
+    print("2/4 server under load, the engine measured again around each level", flush=True)
+    check = Checkpoint(args.repo, args.threads, before["rows"])
     server = run_server(
         args.repo,
         images,
@@ -551,7 +632,9 @@ def main() -> int:
         args.query,
         server_env,
         overload_users=args.overload_users,
+        checkpoint=check,
     )
+    check.close()
     print("3/4 engine limit, second half", flush=True)
     engine = bracketed(before, run_engine(args.repo, workdir, 4, args.threads, "after"))
     baseline = None
