@@ -135,8 +135,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # when its first image has waited max_wait_ms; max_queue bounds what waits. With no
     # wait, an idle engine starts at once and batches form from what queues while it runs:
     # measured on 2 cores with OpenVINO bf16, 81 vs 94 ms p50 at one client, the same
-    # throughput at 16. Batches of 8 are the engine's best on 2 cores (1 to 8% more
-    # images/s than 4 in every benchmark run) for about 250 MB more resident memory.
+    # throughput at 16. Batches of 8, not 4, on 2 cores: side by side in the server, 4-5%
+    # more images/s at 16 and 100 clients (5 of 6 rounds), for about 130 MB more resident
+    # memory; the engine alone is fastest at 8 in most runs, at 4 in some.
     max_batch: int = 8
     max_wait_ms: float = 0.0
     max_queue: int = 64  # analyses admitted at once (uploading, decoding, queued, running)
