@@ -46,7 +46,10 @@ soak: $(STAMP)
 # peak device memory; writes bench/results/<gpu>-<date>.{json,md,png}. Its own venv:
 # onnxruntime-gpu must never sit beside the cpu extra's onnxruntime. The model repository
 # is reused when present; only a missing one is built, with the usual venv (TensorFlow and
-# torch, minutes more). BENCH_GPU_ARGS passes options: BENCH_GPU_ARGS='--seconds 40'.
+# torch, minutes more), or, with MODELS_PACK=repo.tar.xz (`python bench/portable_repo.py
+# pack models_onnx repo.tar.xz` on a machine that has one), unpacked from its graphs with
+# the large weights redrawn: seconds, no TensorFlow. BENCH_GPU_ARGS passes options:
+# BENCH_GPU_ARGS='--seconds 40'.
 GPU_VENV := .venv-gpu
 GPU_BIN := $(GPU_VENV)/bin
 GPU_STAMP := $(GPU_VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
@@ -63,6 +66,8 @@ bench-gpu:
 	$(MAKE) --no-print-directory $(GPU_STAMP) || exit 1; \
 	t1=$$(date +%s); echo "[phase] venv ($(GPU_VENV)): $$((t1 - t0)) s"; \
 	if [ -f $(MODELS)/manifest.json ]; then echo "reusing the model repository $(MODELS)"; \
+	elif [ -n "$(MODELS_PACK)" ]; then \
+		$(GPU_BIN)/python bench/portable_repo.py unpack $(MODELS_PACK) $(MODELS) || exit 1; \
 	else $(MAKE) --no-print-directory $(STAMP) && \
 		$(BIN)/chexray convert --preset default --out $(MODELS) || exit 1; fi; \
 	t2=$$(date +%s); echo "[phase] repository: $$((t2 - t1)) s"; \

@@ -13,10 +13,13 @@ Phases, each timed (`make bench-gpu` adds the venv and repository phases before 
    check-precision` does the same) so the server starts without it. Skipped when recorded.
 2. engine limit (bench/gpu_engine.py), one child process per precision: fp32 and fp16 with
    IO binding, batch sizes 1..64, 1 and 2 instances (two sessions run concurrently from two
-   threads), and the device memory each instance count took.
-3. server: a real `chexray serve` (CHEXRAY_PROVIDER=cuda, fp16) under Locust at 1, 4, 16
-   and 64 clients posting 1024x1024 PNGs, with settings chosen from phase 2's figures
-   (instances, max batch); peak device memory sampled throughout (bench/devmem.py).
+   threads), and the device memory each instance count took; each session gets 90 % of
+   the arena a server session will get (ENGINE_ARENA_SHARE), so the chosen batch fits
+   there with a margin.
+3. server: a real `chexray serve` (CHEXRAY_PROVIDER=cuda, fp16 or `--serve fp32`) under
+   Locust at 1, 4, 16 and 64 clients posting 1024x1024 PNGs, with settings chosen from
+   phase 2's figures (instances, max batch); peak device memory sampled throughout
+   (bench/devmem.py).
 4. bench/results/<gpu>-<date>.{json,md,png}, and the three GPU ratios printed last:
    server saturation / fp16 engine limit (>= 0.9); server p50 at 1 client / fp16 batch-1
    latency (<= 1.2); server peak device memory / CHEXRAY_GPU_MEM_LIMIT (<= 1).
@@ -48,10 +51,15 @@ from bench.devmem import DeviceMemory, gpu_info  # noqa: E402
 from bench.engine import cpu_model  # noqa: E402
 from bench.gpu_engine import BATCH_SIZES, measure_precision  # noqa: E402
 from bench.images import write_images  # noqa: E402
+from bench.portable_repo import redrawn  # noqa: E402
 from bench.run import run_server  # noqa: E402
 from server.settings import Settings  # noqa: E402
 
 GIB = 1024**3
+# The engine's sessions get this share of the arena each server session will get, so a
+# batch size chosen from the engine's figures keeps a margin in the server: on an H100 a
+# batch that just fit the engine missed the server's warm-up by 0.4 MB (2026-11-26).
+ENGINE_ARENA_SHARE = 0.9
 BUDGET_TOTAL_S = 8 * 60
 
 RATIOS = {
@@ -137,10 +145,17 @@ def precision_check(repo: Path, device: str, precision: str, gpu_mem_limit: int)
 # -- server settings from the engine's figures ---------------------------------------------
 
 
-def served_label(device: str) -> str:
-    """What the server serves: fp16 on CUDA; on the CPU path fp32 (the server refuses fp16
-    on a CPU, where onnxruntime's fp16 kernels are slower)."""
-    return f"onnxruntime-{device}-{'fp16' if device == 'cuda' else 'fp32'}"
+def engine_arena(arenas: int, instances: int) -> int:
+    """gpu_mem_limit of one engine-phase session when the server splits `arenas`."""
+    return int(ENGINE_ARENA_SHARE * arenas) // instances
+
+
+def served_label(device: str, precision: str | None = None) -> str:
+    """What the server serves: fp16 on CUDA unless asked otherwise; on the CPU path fp32
+    (the server refuses fp16 on a CPU, where onnxruntime's fp16 kernels are slower)."""
+    if device != "cuda":
+        precision = "fp32"
+    return f"onnxruntime-{device}-{precision or 'fp16'}"
 
 
 def ok_rows(rows: list[dict], config: str, instances: int | None = None) -> list[dict]:
@@ -160,6 +175,7 @@ def engine_limit(rows: list[dict], config: str) -> dict | None:
 
 def server_settings(
     rows: list[dict],
+    label: str,
     device: str,
     budget: int,
     reserve: int,
@@ -171,7 +187,6 @@ def server_settings(
     best images/s; no wait (an idle engine starts at once; batches form from what queues
     while the instances run: the 1-client latency target needs that); the device budget
     split between the instances' arenas after a reserve for the CUDA context."""
-    label = served_label(device)
     best = {
         i: max(ok_rows(rows, label, i), key=lambda r: r["images_per_s"])
         for i in (1, 2)
@@ -206,11 +221,14 @@ def server_settings(
         f"max batch {max_batch}: smallest reaching 95 % of {top:.1f} images/s",
     ]
     if device == "cuda":
-        per_session = (budget - reserve) // instances
-        env["CHEXRAY_GPU_MEM_LIMIT"] = str(per_session)
+        # The server splits CHEXRAY_GPU_MEM_LIMIT between its instances' arenas, as the
+        # engine phase's sessions were split: each gets the same arena as measured there.
+        arenas = budget - reserve
+        env["CHEXRAY_GPU_MEM_LIMIT"] = str(arenas)
         why.append(
-            f"gpu_mem_limit {per_session / GIB:.2f} GiB per session: ({budget / GIB:.2f} GiB "
-            f"budget - {reserve / GIB:.2f} GiB for the CUDA context) / {instances}"
+            f"CHEXRAY_GPU_MEM_LIMIT {arenas / GIB:.2f} GiB for the arenas ({budget / GIB:.2f} "
+            f"GiB budget - {reserve / GIB:.2f} GiB for the CUDA context), "
+            f"{arenas / instances / GIB:.2f} GiB per session"
         )
     else:
         env["CHEXRAY_INTRA_OP_THREADS"] = str(max(1, cores // instances))
@@ -302,6 +320,17 @@ def markdown(report: dict) -> str:
         + (" (quick: durations too short for figures to mean anything)" if report["quick"] else "")
         + ".",
         "",
+        *(
+            [
+                f"Model repository unpacked from a pack of `{redrawn_from['from_version']}` "
+                f"(bench/portable_repo.py): the same graphs, {redrawn_from['redrawn_tensors']} "
+                "large weight tensors redrawn with their shapes, dtypes and scales, so speed and "
+                "memory are the built repository's and the outputs are not.",
+                "",
+            ]
+            if (redrawn_from := report.get("redrawn"))
+            else []
+        ),
         "## Phases",
         "",
         "| phase | seconds |",
@@ -456,6 +485,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-sizes", help="engine (default 1,2,4,...,64; quick 1,2,4)")
     p.add_argument("--engine-seconds", type=float, help="per measurement (default 0.7)")
     p.add_argument("--outputs", choices=["cpu", "device"], default="cpu")
+    p.add_argument(
+        "--serve",
+        choices=["fp16", "fp32"],
+        default="fp16",
+        help="the precision the server serves on CUDA (the CPU path serves fp32)",
+    )
+    p.add_argument(
+        "--engine-precisions",
+        default="fp32,fp16",
+        help="precisions whose engine limit is measured (the served one is always among them)",
+    )
     p.add_argument("--images", type=int, help="distinct PNGs posted (default 16; quick 4)")
     p.add_argument("--images-dir", type=Path, default=ROOT / "bench" / ".cache" / "images")
     p.add_argument("--query", default="heatmap=none")
@@ -490,6 +530,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.batch_sizes = tuple(int(b) for b in sizes.split(","))
     args.engine_seconds = args.engine_seconds or (0.05 if quick else 0.7)
     args.images = args.images or (4 if quick else 16)
+    wanted = set(args.engine_precisions.split(",")) | {served_label(args.device, args.serve)[-4:]}
+    args.engine_precisions = [p for p in ("fp32", "fp16") if p in wanted]
     cores = os.cpu_count() or 2
     if args.locust_processes is None:
         args.locust_processes = 1 if args.device == "cpu" else max(1, min(4, cores // 4))
@@ -518,9 +560,9 @@ def main(argv: list[str] | None = None) -> int:
                 "never beside onnxruntime), check the CUDA and cuDNN libraries, or run the "
                 "CPU path with --device cpu"
             )
-    label = served_label(args.device)
+    label = served_label(args.device, args.serve)
     precision = label.rsplit("-", 1)[1]
-    engine_limit_per_session = budget - args.context_reserve_mb * 1024**2
+    arenas = budget - args.context_reserve_mb * 1024**2  # the server's arenas, all told
     print(
         f"{'GPU' if args.device == 'cuda' else 'CPU path'} benchmark of {repo}; serving {label}; "
         f"device budget {budget / GIB:.2f} GiB",
@@ -534,7 +576,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def engine() -> dict:
         by_precision = {}
-        for p in ("fp32", "fp16"):
+        for p in args.engine_precisions:
             try:
                 by_precision[p] = _in_child(
                     measure_precision,
@@ -546,8 +588,8 @@ def main(argv: list[str] | None = None) -> int:
                     2 if args.quick else 3,
                     (1, 2),
                     args.outputs,
-                    # each of two sessions gets half, as the server's would
-                    gpu_mem_limit=engine_limit_per_session // 2,
+                    # each of two sessions gets half, as the server's would, less a margin
+                    gpu_mem_limit=engine_arena(arenas, 2),
                     device_id=settings.device_id,
                     threads=max(1, cores // 2) if args.device == "cpu" else 0,
                 )
@@ -561,6 +603,7 @@ def main(argv: list[str] | None = None) -> int:
 
     env, why = server_settings(
         engine_result["rows"],
+        label,
         args.device,
         budget,
         args.context_reserve_mb * 1024**2,
@@ -610,6 +653,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(args.device, settings.device_id),
         "gpu_mem_budget": budget,
         "served": label,
+        "redrawn": redrawn(repo),
         "precision_check": check,
         "engine": engine_result,
         "server": server_result,

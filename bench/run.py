@@ -60,12 +60,23 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 600) -> None:
         if proc.poll() is not None:
             raise SystemExit(f"{proc.args} exited with {proc.returncode}")
         try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
+            answer = httpx.get(url, timeout=2)
         except httpx.TransportError:
-            pass
+            answer = None
+        if answer is not None and answer.status_code == 200:
+            return
+        if answer is not None and (error := _load_error(answer)):
+            # the server stays up to say why (503): waiting longer cannot help
+            raise SystemExit(f"the server could not load its models: {error}")
         time.sleep(0.5)
     raise SystemExit(f"{url} not ready after {timeout} s")
+
+
+def _load_error(answer: httpx.Response) -> str | None:
+    try:
+        return answer.json().get("error")
+    except ValueError:
+        return None
 
 
 def peak_rss_mb(pid: int) -> float:

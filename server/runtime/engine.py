@@ -67,6 +67,28 @@ class Prediction:
         return FINDINGS
 
 
+# What onnxruntime's device arena says when a batch does not fit under gpu_mem_limit.
+_OUT_OF_DEVICE_MEMORY = ("Available memory of", "Failed to allocate memory", "out of memory")
+
+
+def warm_up_error(
+    exc: Exception, batch: int, instance: int, device: str, settings: Settings
+) -> RuntimeError:
+    """A warm-up failure that says what to change when the GPU ran out of its budget (a
+    batch size that fits one start can miss by a megabyte the next: the arena fragments)."""
+    message = f"warm-up of a batch of {batch} on instance {instance} failed: {exc}"
+    if device == "cuda" and any(s in str(exc) for s in _OUT_OF_DEVICE_MEMORY):
+        gib = 1024**3
+        message += (
+            f". The batch needs more device memory than each instance's share of "
+            f"CHEXRAY_GPU_MEM_LIMIT ({settings.gpu_mem_limit / settings.instances / gib:.2f} "
+            f"GiB: {settings.gpu_mem_limit / gib:.2f} GiB over {settings.instances} "
+            "instances): lower CHEXRAY_MAX_BATCH or CHEXRAY_INSTANCES, or raise "
+            "CHEXRAY_GPU_MEM_LIMIT"
+        )
+    return RuntimeError(message)
+
+
 class Engine:
     def __init__(
         self,
@@ -136,7 +158,10 @@ class Engine:
             batch = np.zeros((n, *self.input_size), np.uint8)
             for i in range(len(self.backends)):
                 t = time.perf_counter()
-                await loop.run_in_executor(None, self._run_batch, i, batch)
+                try:
+                    await loop.run_in_executor(None, self._run_batch, i, batch)
+                except Exception as exc:
+                    raise warm_up_error(exc, n, i, self.choice.device, self.settings) from exc
                 # Admission's first estimate of a batch's cost, before real traffic.
                 self.batcher.observe(n, time.perf_counter() - t)
                 log.info(
