@@ -221,8 +221,8 @@ def server_settings(
         f"max batch {max_batch}: smallest reaching 95 % of {top:.1f} images/s",
     ]
     if device == "cuda":
-        # The server splits CHEXRAY_GPU_MEM_LIMIT between its instances' arenas, as the
-        # engine phase's sessions were split: each gets the same arena as measured there.
+        # The server splits CHEXRAY_GPU_MEM_LIMIT between its instances' arenas; the
+        # engine phase measured each session under ENGINE_ARENA_SHARE of that share.
         arenas = budget - reserve
         env["CHEXRAY_GPU_MEM_LIMIT"] = str(arenas)
         why.append(
@@ -530,7 +530,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.batch_sizes = tuple(int(b) for b in sizes.split(","))
     args.engine_seconds = args.engine_seconds or (0.05 if quick else 0.7)
     args.images = args.images or (4 if quick else 16)
-    wanted = set(args.engine_precisions.split(",")) | {served_label(args.device, args.serve)[-4:]}
+    served = served_label(args.device, args.serve).rsplit("-", 1)[1]
+    wanted = set(args.engine_precisions.split(",")) | {served}
     args.engine_precisions = [p for p in ("fp32", "fp16") if p in wanted]
     cores = os.cpu_count() or 2
     if args.locust_processes is None:

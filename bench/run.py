@@ -65,18 +65,20 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 600) -> None:
             answer = None
         if answer is not None and answer.status_code == 200:
             return
-        if answer is not None and (error := _load_error(answer)):
-            # the server stays up to say why (503): waiting longer cannot help
-            raise SystemExit(f"the server could not load its models: {error}")
+        if answer is not None and (reason := _not_ready_reason(answer)):
+            # a server whose models failed to load stays up to say why: waiting cannot help
+            raise SystemExit(f"the server will not be ready: {reason}")
         time.sleep(0.5)
     raise SystemExit(f"{url} not ready after {timeout} s")
 
 
-def _load_error(answer: httpx.Response) -> str | None:
+def _not_ready_reason(answer: httpx.Response) -> str | None:
+    """The `error` of a 503 from /health/ready: set only when waiting cannot help."""
     try:
-        return answer.json().get("error")
+        body = answer.json()
     except ValueError:
         return None
+    return body.get("error") if isinstance(body, dict) else None
 
 
 def peak_rss_mb(pid: int) -> float:
