@@ -36,6 +36,7 @@ from onnx import TensorProto, numpy_helper
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from server.files import write_atomic  # noqa: E402
 from server.runtime.manifest import (  # noqa: E402
     MANIFEST_NAME,
     encode_manifest,
@@ -43,21 +44,12 @@ from server.runtime.manifest import (  # noqa: E402
     model_version,
     sha256_file,
 )
+from server.runtime.repository import repository_files  # noqa: E402
 
 MIN_REDRAWN_BYTES = 64 * 1024  # smaller tensors (biases, norms, shapes) travel as they are
 RECORDS = "redraw.json"
 MARKER = "redrawn.json"
 FLOATS = {TensorProto.FLOAT: np.float32, TensorProto.FLOAT16: np.float16}
-
-
-def _graph_files(manifest) -> list[tuple[str, str]]:
-    """(relative path, dtype) of every graph the repository serves or verifies."""
-    files = [(m.file, "float32") for m in manifest.members]
-    files.append((manifest.cam.file, "float32"))
-    files.append((manifest.fused.file, "float32"))
-    if manifest.fused_fp16 is not None:
-        files.append((manifest.fused_fp16.file, "float16"))
-    return files
 
 
 def _key(values: np.ndarray) -> str:
@@ -97,10 +89,15 @@ def pack(repo: Path, out: Path, min_bytes: int = MIN_REDRAWN_BYTES) -> dict:
     manifest = load_manifest(repo)
     records: dict[str, list[dict]] = {}
     twins: dict[str, dict] = {}
+    fp16 = manifest.fused_fp16 and manifest.fused_fp16.file
+    int8 = manifest.fused_int8 and manifest.fused_int8.file  # calibrated on the old weights
     with tarfile.open(out, "w:xz") as tar:
-        for rel, dtype in _graph_files(manifest):  # fp32 graphs first: their keys are twins'
+        # the fp32 graphs come first: the fp16 graph's tensors are drawn as their twins
+        for rel, _ in repository_files(manifest):
+            if rel == int8:
+                continue
             model = onnx.load(str(repo / rel))
-            found = _strip(model, twins if dtype == "float16" else {}, min_bytes)
+            found = _strip(model, twins if rel == fp16 else {}, min_bytes)
             if rel == manifest.fused.file:
                 twins = {r["name"]: r for r in found}
             records[rel] = found
@@ -143,8 +140,7 @@ def unpack(archive: Path, dest: Path) -> dict:
                     tensor.CopyFrom(numpy_helper.from_array(draw(record), tensor.name))
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             onnx.save(model, str(dest / rel))
-        (dest / MANIFEST_NAME).write_bytes((src / MANIFEST_NAME).read_bytes())
-    manifest = load_manifest(dest)
+        manifest = load_manifest(src)
 
     def rehash(entry):
         path = dest / entry.file
@@ -164,7 +160,7 @@ def unpack(archive: Path, dest: Path) -> dict:
         fused_fp16=fp16,
         version=model_version(manifest.preset, fused, fp16, manifest.thresholds, cam.class_map),
     )
-    (dest / MANIFEST_NAME).write_bytes(encode_manifest(manifest))
+    write_atomic(dest / MANIFEST_NAME, encode_manifest(manifest))
     marker = {
         "from_version": records["version"],
         "version": manifest.version,
