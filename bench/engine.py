@@ -7,7 +7,8 @@ The configurations are measured interleaved (each batch size in turn for every o
 noisy machine slows them alike. `reference` is onnxruntime fp32 with onnxruntime's own
 default session settings: the line every ratio of the report is taken against. The others
 are CheXray's backends with CheXray's settings, by their choice label; by default every one
-this machine can run.
+this machine can run. An OpenVINO label with `-whole` runs the graph whole on every thread
+instead of its networks in parts side by side (CHEXRAY_OPENVINO_PARTS=1).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import msgspec
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -30,6 +32,7 @@ from convert.reference import random_images
 from server.runtime.backends import REFERENCE, Machine, open_backend
 from server.runtime.contract import INPUT
 from server.runtime.manifest import Manifest, load_manifest
+from server.runtime.openvino_backend import parts_for
 from server.runtime.precision import runnable
 from server.settings import Settings
 
@@ -62,12 +65,16 @@ def configurations(
     manifest: Manifest, repo: Path, threads: int, names: list[str] | None, data_dir: Path
 ) -> dict[str, Callable[[], Run]]:
     settings = Settings(model_dir=repo, data_dir=data_dir, intra_op_threads=threads)
+    whole = msgspec.structs.replace(settings, openvino_parts=1)
     choices = [REFERENCE, *runnable(manifest, Machine.here())]
     found: dict[str, Callable[[], Run]] = {
         "reference": lambda: ort_defaults(manifest, repo, threads)
     }
     for c in choices:
         found[c.label] = lambda c=c: open_backend(c, manifest, repo, settings).run
+        # The same graph run whole on every thread: what running it in parts gains.
+        if c.backend == "openvino" and parts_for(settings.openvino_parts, threads) > 1:
+            found[f"{c.label}-whole"] = lambda c=c: open_backend(c, manifest, repo, whole).run
     if names is None:
         return found
     unknown = [n for n in names if n not in found]

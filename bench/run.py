@@ -478,7 +478,9 @@ def markdown(report: dict) -> str:
         "## Engine limit (fused graph alone), ms per image (images/s)",
         "",
         "`reference`: onnxruntime fp32 with its default session settings. The others: "
-        "CheXray's backends with CheXray's settings (backend-device-precision). Measured in "
+        "CheXray's backends with CheXray's settings (backend-device-precision; `-whole`: "
+        "OpenVINO running the graph whole on every thread instead of its networks in parts "
+        "side by side, CHEXRAY_OPENVINO_PARTS=1). Measured in "
         "two halves, before and after the server sweep, and averaged: " + engine_drift(report),
         "",
         *engine_table(report["engine"]["rows"]),

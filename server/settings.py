@@ -157,6 +157,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # onnxruntime (intra_op_threads also sets OpenVINO's thread count when > 0).
     provider: Literal["auto", "cuda", "cpu"] = "auto"
     intra_op_threads: int = 0
+    # OpenVINO runs the fused graph's networks in this many parts side by side, each on its
+    # share of the threads (server/runtime/branches.py); 1: the graph whole on every
+    # thread; 0: two parts where there are two threads or more.
+    openvino_parts: int = 0
     allow_spinning: bool = False
     # The CPU arena and memory patterns cost resident memory and buy onnxruntime CPU
     # throughput: 126 vs 168 ms per image at batches of 4 on 2 cores.
@@ -263,7 +267,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         for name in ("anonymous_ttl_hours", "sweep_interval_minutes", "orphan_grace_minutes"):
             if not getattr(self, name) > 0:
                 raise SettingsError(f"{PREFIX}{name.upper()} must be more than 0", name)
-        for name in ("anonymous_max_studies", "anonymous_hourly_per_address", "api_keys_per_user"):
+        for name in (
+            "anonymous_max_studies",
+            "anonymous_hourly_per_address",
+            "api_keys_per_user",
+            "intra_op_threads",
+            "openvino_parts",
+        ):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{PREFIX}{name.upper()} must be >= 0", name)
         for name in ("pacs_retry_s", "pacs_timeout_s"):
