@@ -2,9 +2,10 @@
 one after another, each spread over every thread, so the threads meet at every node. The
 fused graph holds six independent networks (five members and the CAM network); grouped
 into as many parts as there are thread groups, each part compiled on its own threads, they
-run at once and meet only at the end. Measured on 2 Zen 4 cores in bf16: 63 vs 82 ms at
-batch 1 (the fused graph on 2 threads, interleaved in one process), 475-498 vs 508-513 ms
-at batch 8. The weights are the same tensors split, not copied.
+run at once and meet only at the end. Measured on 2 Zen 4 cores in bf16, against the graph
+whole on both threads (bench/results/amd-epyc-2core-2026-11-26-1930.md): 65 vs 82 ms at
+batch 1, 59 vs 63 ms per image at batch 8, the same outputs. The weights are the same
+tensors split, not copied.
 
 The split follows the contract (server/runtime/contract.py): the member rows that the
 `member_probabilities` Concat joins, the weighted sum that makes `probabilities`, and the
