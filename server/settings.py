@@ -159,7 +159,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     intra_op_threads: int = 0
     # OpenVINO runs the fused graph's networks in this many parts side by side, each on its
     # share of the threads (server/runtime/branches.py); 1: the graph whole on every
-    # thread; 0: two parts where there are two threads or more.
+    # thread; 0: two parts where there are two cores (or intra_op_threads) or more.
     openvino_parts: int = 0
     allow_spinning: bool = False
     # The CPU arena and memory patterns cost resident memory and buy onnxruntime CPU

@@ -36,16 +36,32 @@ log = logging.getLogger("chexray.runtime")
 HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
 
 
-def available_threads() -> int:
-    """The CPUs this process may run on (a container's cpuset included)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+def available_threads(
+    cpus: set[int] | None = None, topology: Path = Path("/sys/devices/system/cpu")
+) -> int:
+    """The physical cores among the CPUs this process may run on (a container's cpuset
+    included): one thread per core, as OpenVINO itself counts, since a core's second
+    hardware thread adds little to these kernels. The CPUs themselves where the topology
+    cannot be read."""
+    if cpus is None:
+        try:
+            cpus = os.sched_getaffinity(0)
+        except AttributeError:  # not Linux
+            return os.cpu_count() or 1
+    cores = set()
+    for cpu in cpus:
+        try:
+            where = topology / f"cpu{cpu}" / "topology"
+            package = (where / "physical_package_id").read_text().strip()
+            cores.add((package, (where / "core_id").read_text().strip()))
+        except OSError:
+            return len(cpus)
+    return len(cores) or 1
 
 
 def parts_for(setting: int, threads: int) -> int:
-    """How many parts to run side by side: the setting, or 2 where there are 2 threads."""
+    """How many parts to run side by side: the setting, or 2 where there are 2 threads (one
+    per core) or more."""
     if setting > 0:
         return min(setting, threads)
     return 2 if threads >= 2 else 1
