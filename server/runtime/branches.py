@@ -40,7 +40,7 @@ class Plan:
 
     def combine(self, heads: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The parts' tensors -> the contract's outputs, as the fused graph joins them."""
-        members = np.concatenate([heads[r] for r in self.rows], axis=1).astype(np.float32)
+        members = np.concatenate([heads[r] for r in self.rows], axis=1)
         out = {
             contract.MEMBER_PROBABILITIES: members,
             contract.PROBABILITIES: (members * self.weights).sum(axis=1, dtype=np.float32),
@@ -137,9 +137,7 @@ def plan(model: ov.Model, parts: int) -> Plan:
     if len(networks) < parts:
         raise NotSplit(f"{len(networks)} independent networks for {parts} parts")
     order = list(heads)  # within a part, the graph's order
-    groups = _balance(
-        [(sorted(n[0], key=order.index), sum(heavy[k] for k in n[1])) for n in networks], parts
-    )
+    groups = _balance([(list(n[0]), sum(heavy[k] for k in n[1])) for n in networks], parts)
     return Plan(
         rows=tuple(_name(r) for r in rows),
         weights=weights,

@@ -129,8 +129,9 @@ class OpenVinoBackend:
                 )
             ]
             layout = f"in {parts} parts side by side ({threads} threads)"
+        if parts > 1:  # split or not, the fp32 graph read to plan it: about 150 MB
             del model
-            _return_freed_memory()  # the fp32 graph read to split it: about 150 MB
+            _return_freed_memory()
         self._requests = [c.create_infer_request() for c in compiled]
         # What each request returns: the contract's outputs whole, or each part's tensors.
         names = [outputs] if self.plan is None else [list(p) for p in self.plan.parts]

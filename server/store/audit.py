@@ -99,12 +99,17 @@ def record_hash(record: AuditRecord) -> str:
     return hashlib.sha256(canonical(as_dict(record))).hexdigest()
 
 
+def _sqlite_write_lock(s: Session) -> None:
+    """On SQLite, take the write lock before reading the head, so that no other writer can
+    move it between this read and the commit (a deferred transaction would read first).
+    PostgreSQL locks the row itself (FOR UPDATE)."""
+    if s.get_bind().dialect.name == "sqlite":
+        s.execute(text("UPDATE audit_chain SET id = id WHERE id = 1"))
+
+
 def _lock_head(s: Session) -> AuditChain:
     """The chain's head, locked until the transaction ends."""
-    if s.get_bind().dialect.name == "sqlite":
-        # Take SQLite's write lock before reading, so that no other writer can move the
-        # head between this read and the commit (a deferred transaction would read first).
-        s.exec(text("UPDATE audit_chain SET id = id WHERE id = 1"))  # type: ignore[call-overload]
+    _sqlite_write_lock(s)
     head = s.exec(select(AuditChain).where(AuditChain.id == 1).with_for_update()).one()
     return head
 
@@ -116,8 +121,7 @@ def append(s: Session, entries: Sequence[dict[str, object]]) -> list[dict[str, o
     Plain statements, not ORM objects: each analysis waits for this commit before its
     answer leaves. Measured on SQLite: 0.32 vs 0.55 ms, and 1.6 vs 2.1 ms right after an
     inference has swept the CPU caches (as it has in the server)."""
-    if s.get_bind().dialect.name == "sqlite":  # the write lock first, as in _lock_head
-        s.execute(text("UPDATE audit_chain SET id = id WHERE id = 1"))
+    _sqlite_write_lock(s)
     chain = AuditChain.__table__.c  # type: ignore[attr-defined]
     last, prev = s.execute(
         select(chain.last_id, chain.last_hash).where(chain.id == 1).with_for_update()
