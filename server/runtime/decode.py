@@ -105,6 +105,9 @@ class DecodedImage:
     # The DICOM's header without its pixel data (a pydicom Dataset): the patient, study and
     # series a result object must name. Never put in an answer.
     dicom_header: object | None = field(default=None, repr=False)
+    # The input bytes' SHA-256 (hex), where the server computed it beside the decoding: the
+    # audit log knows an input by it.
+    sha256: str | None = None
 
 
 def detect_format(data: bytes) -> Format:

@@ -9,6 +9,7 @@ are drawn from the outputs by server/cam.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections.abc import Callable
@@ -320,8 +321,14 @@ class Engine:
     def _timed_prepare(
         self, data: bytes, intended_use: bool
     ) -> tuple[int, DecodedImage, np.ndarray, float, float]:
-        """prepare, with its wall-clock start (for the trace's decode span)."""
-        return (tracing.now_ns(), *self.prepare(data, intended_use))
+        """prepare, with its wall-clock start (for the trace's decode span); the input's
+        digest for the audit log too, here rather than on the event loop, where hashing a
+        1 MB upload (0.3 ms) would hold up every other request."""
+        started = tracing.now_ns()
+        image, model_input, decode_s, resize_s = self.prepare(data, intended_use)
+        if self.settings.audit_log:
+            image.sha256 = hashlib.sha256(data).hexdigest()
+        return started, image, model_input, decode_s, resize_s
 
     async def _run_cpu(self, fn: Callable[..., T], *args: object) -> T:
         """Decoding and resizing in the engine's pool, off the event loop."""

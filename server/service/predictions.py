@@ -253,18 +253,18 @@ class Predictions:
             return (await self._analyse_counted(data, options))[0]
         assert options.audit is not None and self.audit is not None
         started, start = now(), time.perf_counter()
-        digest = await sha256(data)
         try:
             analysis, prediction = await self._analyse_counted(data, options)
         except Exception as exc:
             error = exc if isinstance(exc, ChexrayError) else "internal_error"
             ms = (time.perf_counter() - start) * 1e3
-            await self._record_refusal(data, options, started, digest, error, ms)
+            await self._record_refusal(data, options, started, await sha256(data), error, ms)
             raise
         record = entry(
             options.audit,
             started,
-            digest=digest,
+            # Hashed beside the decoding (Engine._timed_prepare), off the event loop.
+            digest=prediction.image.sha256 or await sha256(data),
             size=len(data),
             prediction=prediction,
             forced=options.force,

@@ -89,6 +89,8 @@ def test_every_analysis_is_recorded_and_the_chain_verifies(
         ]
         first, by_key, refused = lines[0], lines[2], lines[3]
         assert first["input_sha256"] == sha(image) and first["byte_size"] == len(image)
+        # Answers hashed beside their decoding, refusals where they were refused: the same.
+        assert [x["input_sha256"] for x in lines[4:8]] == [sha(xray(n)) for n in (4, 5, 6, 7)]
         assert (first["image_format"], first["width"], first["height"]) == ("png", 200, 240)
         assert len(first["probabilities"]) == len(first["calls"]) == len(first["thresholds"]) == 5
         assert first["backend"] and first["precision"] == "fp32" and first["model_version"]
@@ -147,6 +149,7 @@ def test_grpc_and_dicomweb_append(tiny_repo: Path, tmp_path: Path) -> None:
         ]
         assert lines[0]["client"] == "127.0.0.1" and lines[0]["request_id"]
         assert lines[1]["image_format"] == "dicom"
+        assert lines[1]["input_sha256"] == sha(instances[0])
         assert lines[2]["error_code"] == "unsupported_sop_class"
         assert lines[2]["input_sha256"] == sha(instances[1])
         assert c.get(f"{AUDIT}/verify", headers=admin).json()["intact"] is True

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from pathlib import Path
 
 import cv2
+import msgspec
 import numpy as np
 import pytest
 from prometheus_client import generate_latest
@@ -72,6 +74,18 @@ def test_prediction_fields(results) -> None:
     t = p.timings
     assert t.batch_size == 1 and t.compute_ms > 0 and t.decode_ms > 0 and t.queue_ms >= 0
     assert (p.image.width, p.image.height, p.image.format) == (260, 300, "png")
+
+
+def test_input_hashed_beside_decoding_only_for_the_audit_log(results, tiny_repo: Path) -> None:
+    engine, p, d, _, _, _ = results
+    upload = png(np.rint(anatomy(300, 260) * 255).astype(np.uint8))
+    assert p.image.sha256 == hashlib.sha256(upload).hexdigest()
+    assert d.image.sha256 is not None and d.image.sha256 != p.image.sha256
+    unaudited = Engine(
+        msgspec.structs.replace(engine.settings, audit_log=False), manifest=engine.manifest
+    )
+    _, image, *_ = unaudited._timed_prepare(upload, True)
+    assert image.sha256 is None and image.pixels.shape == (300, 260)
 
 
 def test_dicom_prediction_keeps_only_technical_tags(results) -> None:
