@@ -52,7 +52,7 @@ from bench.engine import cpu_model  # noqa: E402
 from bench.gpu_engine import BATCH_SIZES, measure_precision  # noqa: E402
 from bench.images import write_images  # noqa: E402
 from bench.portable_repo import redrawn  # noqa: E402
-from bench.run import run_server  # noqa: E402
+from bench.run import cpu_table, run_server  # noqa: E402
 from server.settings import Settings  # noqa: E402
 
 GIB = 1024**3
@@ -384,6 +384,8 @@ def markdown(report: dict) -> str:
         f"Server peak device memory above idle: {_mb(s['device_memory']['peak_mb'])} "
         f"(budget CHEXRAY_GPU_MEM_LIMIT {budget_gb:.2f} GiB); peak RSS "
         f"{s['rss_peak_mb']:.0f} MB.",
+        "",
+        *cpu_table(s["levels"]),
         "",
         "## Ratios",
         "",

@@ -89,6 +89,71 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
+# The server's threads by the names they carry to the system (server/runtime/threads.py).
+DECODING = ("chexray-cpu", "chexray-render")
+CPU_GROUPS = ("event_loop", "decoding", "rest")
+
+
+def thread_cpu_s(pid: int) -> dict[str, float]:
+    """CPU seconds so far of a server's threads: the event loop (the process's first
+    thread), decoding and drawing, and the rest (the engine's threads, the database's, ...).
+    A thread that has ended is no longer counted: the server's pools keep theirs."""
+    groups = dict.fromkeys(CPU_GROUPS, 0.0)
+    tick = os.sysconf("SC_CLK_TCK")
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            name = (task / "comm").read_text().strip()
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # ended meanwhile
+            continue
+        group = (
+            "event_loop"
+            if task.name == str(pid)
+            else "decoding"
+            if name.startswith(DECODING)
+            else "rest"
+        )
+        groups[group] += (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+    return groups
+
+
+def cpu_use(before: dict[str, float], after: dict[str, float], requests: int, seconds: float):
+    """A level's CPU by thread group: ms per request, and the event loop's and the whole
+    server's share of one core over the level."""
+    spent = {g: after[g] - before[g] for g in CPU_GROUPS}
+    per = max(requests, 1)
+    return {
+        **{f"{g}_ms": spent[g] * 1e3 / per for g in CPU_GROUPS},
+        "event_loop_busy": spent["event_loop"] / seconds,
+        "cores_busy": sum(spent.values()) / seconds,
+    }
+
+
+def cpu_table(levels: list[dict]) -> list[str]:
+    """Where a sweep's server CPU went, per level (levels measured without it are left out)."""
+    rows = [x for x in levels if x.get("cpu")]
+    if not rows:
+        return []
+    return [
+        "CPU of the server process per request (answered or refused), by thread: the event "
+        "loop (HTTP, routing, the service's logic; one thread, so its share of one core caps "
+        "the server's rate), decoding and resizing (the decode pool), and the rest (the "
+        "engine's threads, the database writer). `cores busy`: the whole process over the "
+        "level.",
+        "",
+        "| users | event loop ms | event loop, share of a core | decoding ms | rest ms "
+        "| all ms | cores busy |",
+        "|---|---|---|---|---|---|---|",
+        *[
+            f"| {x['users']} | {c['event_loop_ms']:.2f} | {c['event_loop_busy']:.2f} | "
+            f"{c['decoding_ms']:.2f} | {c['rest_ms']:.2f} | "
+            f"{c['event_loop_ms'] + c['decoding_ms'] + c['rest_ms']:.2f} | {c['cores_busy']:.2f} |"
+            for x in rows
+            for c in [x["cpu"]]
+        ],
+    ]
+
+
 def batch_totals(base: str) -> tuple[float, float]:
     text = httpx.get(base + "/metrics", timeout=10).text
     total = count = 0.0
@@ -250,9 +315,11 @@ def run_server(
         marks = [checkpoint(backend)] if checkpoint else []
         levels = []
         for n in [*users, *([overload_users] if overload_users else [])]:
-            before = batch_totals(base)
+            before, cpu_before = batch_totals(base), thread_cpu_s(proc.pid)
             result = locust(base, n, seconds, images, workdir, query, locust_processes)
-            after = batch_totals(base)
+            after, cpu_after = batch_totals(base), thread_cpu_s(proc.pid)
+            asked = result["requests"] + result["refused"]
+            result["cpu"] = cpu_use(cpu_before, cpu_after, asked, seconds)
             batches = after[1] - before[1]
             result["mean_batch"] = (after[0] - before[0]) / batches if batches else 0.0
             result["rss_mb"] = peak_rss_mb(proc.pid)
@@ -503,6 +570,8 @@ def markdown(report: dict) -> str:
         "",
         f"Server RSS: {report['server']['rss_loaded_mb']:.0f} MB loaded and warmed up, "
         f"{report['server']['rss_peak_mb']:.0f} MB peak after the sweep.",
+        "",
+        *cpu_table(report["server"]["levels"] + [report["server"].get("overload") or {}]),
     ]
     overload = report["server"].get("overload")
     if overload:

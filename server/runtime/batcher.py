@@ -26,6 +26,7 @@ import numpy as np
 from server.errors import Unavailable
 from server.runtime.admission import Overloaded
 from server.runtime.metrics import EngineMetrics
+from server.runtime.threads import named_pool
 
 log = logging.getLogger("chexray.runtime")
 
@@ -118,7 +119,7 @@ class DynamicBatcher:
         if self._workers:
             return
         self._wakeup = asyncio.Event()
-        self._executor = ThreadPoolExecutor(self.instances, thread_name_prefix="chexray-run")
+        self._executor = named_pool(self.instances, "chexray-run")
         self._accepting = True
         self._workers = [
             asyncio.create_task(self._worker(i), name=f"chexray-batcher-{i}")

@@ -63,6 +63,11 @@ def test_cpu_path_writes_a_complete_report(tiny_copy: Path, tmp_path: Path) -> N
     assert [x["users"] for x in server["levels"]] == [1, 4]
     assert all(x["requests"] > 0 and x["failures"] == 0 for x in server["levels"])
     assert server["settings"]["CHEXRAY_PROVIDER"] == "cpu"
+    # The server's CPU by thread: the decode pool is found by the name its threads carry.
+    for level in server["levels"]:
+        cpu = level["cpu"]
+        assert cpu["event_loop_ms"] > 0 and cpu["decoding_ms"] > 0 and cpu["rest_ms"] > 0
+        assert 0 < cpu["event_loop_busy"] <= 1.05 and cpu["cores_busy"] > cpu["event_loop_busy"]
     assert server["device_memory"] == {
         "measured": False,
         "reader": None,
@@ -86,5 +91,5 @@ def test_cpu_path_writes_a_complete_report(tiny_copy: Path, tmp_path: Path) -> N
     text = files[1].read_text()
     for heading in ("## Phases", "## Engine limit", "## Server under load", "## Ratios"):
         assert heading in text
-    assert "not measured" in text
+    assert "not measured" in text and "| event loop ms |" in text
     assert files[2].read_bytes().startswith(b"\x89PNG")

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from server.runtime.threads import MAX_NICE, side_pool
+from server.runtime.threads import MAX_NICE, named_pool, side_pool
 from server.settings import Settings, SettingsError
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux thread nice")
@@ -44,3 +44,18 @@ def test_the_nice_setting_is_bounded() -> None:
         Settings(side_work_nice=20)
     with pytest.raises(SettingsError, match="SIDE_WORK_NICE"):
         Settings(side_work_nice=-1)
+
+
+def _native_name(pool) -> str:
+    tid = pool.submit(threading.get_native_id).result(10)
+    return open(f"/proc/self/task/{tid}/comm").read().strip()
+
+
+def test_pool_threads_carry_their_names_to_the_system() -> None:
+    side, run = side_pool(1, "chexray-cpu", 0), named_pool(1, "chexray-run-with-a-long-name")
+    try:
+        assert _native_name(side) == "chexray-cpu_0"
+        assert _native_name(run) == "chexray-run-wit"  # the system keeps 15 bytes
+    finally:
+        side.shutdown()
+        run.shutdown()
