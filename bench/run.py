@@ -119,10 +119,13 @@ def thread_cpu_s(pid: int) -> dict[str, float]:
 
 def cpu_use(before: dict[str, float], after: dict[str, float], requests: int, seconds: float):
     """A level's CPU by thread group: ms per request, and the event loop's and the whole
-    server's share of one core over the level."""
+    server's share of one core over the level's `seconds` (Locust's start and the last
+    answers included: a little under what the steady state uses)."""
     spent = {g: after[g] - before[g] for g in CPU_GROUPS}
     per = max(requests, 1)
     return {
+        "spent_s": spent,
+        "wall_s": seconds,
         **{f"{g}_ms": spent[g] * 1e3 / per for g in CPU_GROUPS},
         "event_loop_busy": spent["event_loop"] / seconds,
         "cores_busy": sum(spent.values()) / seconds,
@@ -316,10 +319,12 @@ def run_server(
         levels = []
         for n in [*users, *([overload_users] if overload_users else [])]:
             before, cpu_before = batch_totals(base), thread_cpu_s(proc.pid)
+            started = time.perf_counter()
             result = locust(base, n, seconds, images, workdir, query, locust_processes)
+            wall = time.perf_counter() - started
             after, cpu_after = batch_totals(base), thread_cpu_s(proc.pid)
             asked = result["requests"] + result["refused"]
-            result["cpu"] = cpu_use(cpu_before, cpu_after, asked, seconds)
+            result["cpu"] = cpu_use(cpu_before, cpu_after, asked, wall)
             batches = after[1] - before[1]
             result["mean_batch"] = (after[0] - before[0]) / batches if batches else 0.0
             result["rss_mb"] = peak_rss_mb(proc.pid)
@@ -331,7 +336,8 @@ def run_server(
                 f"  server  {n:>3} users: {result['images_per_s']:.2f} images/s, "
                 f"p50 {result['p50_ms']:.0f} ms, p99 {result['p99_ms']:.0f} ms, "
                 f"batch {result['mean_batch']:.1f}, failures {result['failures']}, "
-                f"refused {result['refused']}",
+                f"refused {result['refused']}, event loop {result['cpu']['event_loop_busy']:.2f} "
+                f"of a core, server {result['cpu']['cores_busy']:.2f} cores",
                 flush=True,
             )
         overload = levels.pop() if overload_users else None
