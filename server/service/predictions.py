@@ -275,10 +275,7 @@ class Predictions:
         except ChexrayError:
             if analysis.result.stored and analysis.result.id is not None:
                 with anyio.CancelScope(shield=True):
-                    try:
-                        await self.store.delete_study(analysis.result.id)
-                    except ChexrayError as exc:
-                        log.warning("study %s kept though unlogged: %s", analysis.result.id, exc)
+                    await self.store.withdraw_study(analysis.result.id)
             raise
         return analysis
 

@@ -27,6 +27,7 @@ import anyio
 import anyio.to_thread
 from sqlalchemy.exc import IntegrityError
 
+from server.errors import ChexrayError
 from server.files import is_no_space
 from server.store import accounts, studies
 from server.store.db import Database, database_errors, outage_log, storage_full
@@ -52,6 +53,7 @@ class SweepReport:
     marked_missing: int = 0  # rows whose image file is missing, hidden
     found_again: int = 0  # hidden rows whose image is back, shown again
     retried: int = 0  # folders whose earlier removal failed, removed now
+    withdrawn: int = 0  # studies of refused analyses the database missed, deleted now
 
     def __bool__(self) -> bool:
         return any(getattr(self, f.name) for f in fields(self))
@@ -85,6 +87,11 @@ class Store:
         # Folders whose removal failed (their rows are gone): retried by every sweep.
         self._undeleted: set[str] = set()
         self._undeleted_lock = threading.Lock()
+        # Studies to delete that the database could not delete when asked (it was away): a
+        # study kept for an analysis that was refused after all, or a row whose commit may
+        # have gone through as the connection died. Deleted once the database answers again.
+        self._withdrawn: set[str] = set()
+        self._withdrawn_lock = threading.Lock()
         # Leftovers too young to judge at the start-up sweep: judged again by later sweeps.
         self._suspects: set[str] = set()
 
@@ -117,8 +124,53 @@ class Store:
 
     async def call(self, fn: Callable[..., T], *args: object) -> T:
         """Run `fn(session, *args)` (a function of server/store) in a worker thread, in a
-        session of its own. An unreachable database raises `Unavailable`."""
-        return await self._thread(self._session_call, fn, *args)
+        session of its own. An unreachable database raises `Unavailable`. The first call
+        that succeeds after an outage also deletes what the database missed meanwhile."""
+        result = await self._thread(self._session_call, fn, *args)
+        if self._withdrawn:  # the database answers again
+            await self._thread(self._retry_withdrawals)
+        return result
+
+    # -- studies to withdraw ---------------------------------------------------------------
+
+    async def withdraw_study(self, study_id: str) -> bool:
+        """Delete a study kept for an analysis whose answer never left (refused after the
+        study was kept). When the database is away, the deletion waits for it to answer
+        again; True when deleted now."""
+        try:
+            await self.delete_study(study_id)
+        except ChexrayError as exc:
+            self._withdraw_later(study_id)
+            log.warning(  # one study, not every request of an outage: never throttled
+                "study %s: kept though its analysis was refused (%s); deleted once the "
+                "database answers again",
+                study_id,
+                exc,
+            )
+            return False
+        return True
+
+    def _withdraw_later(self, study_id: str) -> None:
+        with self._withdrawn_lock:
+            self._withdrawn.add(study_id)
+
+    def _retry_withdrawals(self) -> int:
+        """Delete the studies the database missed; how many were there to delete. What it
+        still cannot reach waits for the next try."""
+        with self._withdrawn_lock:
+            pending, self._withdrawn = sorted(self._withdrawn), set()
+        deleted = 0
+        for i, study_id in enumerate(pending):
+            try:
+                deleted += self._session_call(studies.delete_study, study_id)
+            except Exception:
+                with self._withdrawn_lock:
+                    self._withdrawn.update(pending[i:])
+                break
+            self._remove_files(study_id)
+        if deleted:
+            log.info("deleted %d studies of refused analyses the database had missed", deleted)
+        return deleted
 
     # -- anonymous studies -----------------------------------------------------------------
 
@@ -192,9 +244,10 @@ class Store:
             except Exception as exc:
                 # Usually the database is down and the row was never committed; throttled,
                 # since during an outage every upload ends here.
+                self._withdraw_later(study_id)
                 outage_log.warning(
                     "study %s: could not remove its row after a failed write (%s); if it "
-                    "was committed, the sweep at the next start hides it",
+                    "was committed, it is deleted once the database answers again",
                     study_id,
                     exc,
                 )
@@ -273,6 +326,7 @@ class Store:
             report.expired += len(ids)
             for study_id in ids:
                 self._remove_files(study_id)
+        report.withdrawn = self._retry_withdrawals()
         with self._undeleted_lock:
             pending, self._undeleted = self._undeleted, set()
         for batch in _batched(sorted(pending), BATCH):

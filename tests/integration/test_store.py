@@ -25,6 +25,7 @@ from server.store import accounts, studies
 from server.store.models import Study
 from server.store.store import OwnerGone, Store
 from server.store.studies import new_study_id
+from tests.conftest import create_database
 from tests.support.server_process import free_port
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
@@ -375,5 +376,33 @@ def test_an_unreachable_database_is_unavailable_not_a_bug(tmp_path: Path) -> Non
             asyncio.run(store.get_study(new_study_id(), None))
         assert caught.value.code == "database_unavailable" and caught.value.retry_after
         assert asyncio.run(store.ping()) is False
+    finally:
+        store.close()
+
+
+def test_a_study_the_database_could_not_withdraw_is_deleted_once_it_answers(
+    tmp_path: Path, postgres_cluster, caplog
+) -> None:
+    """A study kept for an analysis refused after all (its audit record could not be
+    written) is withdrawn; with the database away, once it answers again."""
+    store = Store(create_database(postgres_cluster.url, "chexray"), tmp_path / "media")
+    asyncio.run(store.open())
+    try:
+        first, second = (asyncio.run(store.add_study(row(), FILES)) for _ in range(2))
+        postgres_cluster.stop("fast")
+        with caplog.at_level(logging.WARNING):
+            assert asyncio.run(store.withdraw_study(first.id)) is False
+        assert first.id in caplog.text and "once the database answers again" in caplog.text
+        postgres_cluster.start()
+        # The first call that succeeds deletes it, row and files, before it returns.
+        assert asyncio.run(store.get_study(second.id, None)) is not None
+        assert ids(store) == {second.id} and folders(store) == {second.id}
+
+        postgres_cluster.stop("fast")
+        assert asyncio.run(store.withdraw_study(second.id)) is False
+        postgres_cluster.start()
+        assert asyncio.run(store.sweep(full=False)).withdrawn == 1  # or the sweep does
+        assert ids(store) == set() and folders(store) == set()
+        assert asyncio.run(store.withdraw_study(new_study_id())) is True  # nothing to delete
     finally:
         store.close()
