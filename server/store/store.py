@@ -160,14 +160,18 @@ class Store:
         with self._withdrawn_lock:
             pending, self._withdrawn = sorted(self._withdrawn), set()
         deleted = 0
-        for i, study_id in enumerate(pending):
+        # Most were never committed (every upload of an outage fails alike): one query per
+        # batch finds the few that were.
+        for start in range(0, len(pending), BATCH):
             try:
-                deleted += self._session_call(studies.delete_study, study_id)
+                alive = self._session_call(studies.existing_ids, pending[start : start + BATCH])
+                for study_id in sorted(alive):
+                    deleted += self._session_call(studies.delete_study, study_id)
+                    self._remove_files(study_id)
             except Exception:
                 with self._withdrawn_lock:
-                    self._withdrawn.update(pending[i:])
+                    self._withdrawn.update(pending[start:])
                 break
-            self._remove_files(study_id)
         if deleted:
             log.info("deleted %d studies of refused analyses the database had missed", deleted)
         return deleted
