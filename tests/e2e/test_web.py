@@ -349,6 +349,9 @@ def test_a_dicom_study_offers_its_results_as_dicom(new_page, tmp_path: Path, sho
     register_in_page(page, "dora")
     analyse(page, source, "CR from the PACS")
     page.click("#analysis a[href^='#/study/']")
+    # The analysis page shows the same section: wait for the study page's own button first,
+    # or the section found may be the one the route change is about to remove.
+    page.wait_for_selector("button:has-text('Delete study')")
     section = page.wait_for_selector("section.dicom")
     assert "Modality CR · BodyPartExamined CHEST · ViewPosition PA" in section.inner_text()
     assert page.locator("section.dicom a").count() == 6  # the report and five heatmaps
