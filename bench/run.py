@@ -577,7 +577,9 @@ def markdown(report: dict) -> str:
         f"Server RSS: {report['server']['rss_loaded_mb']:.0f} MB loaded and warmed up, "
         f"{report['server']['rss_peak_mb']:.0f} MB peak after the sweep.",
         "",
-        *cpu_table(report["server"]["levels"] + [report["server"].get("overload") or {}]),
+        *cpu_table(
+            [*report["server"]["levels"], *filter(None, [report["server"].get("overload")])]
+        ),
     ]
     overload = report["server"].get("overload")
     if overload:

@@ -162,15 +162,14 @@ class Store:
         deleted = 0
         # Most were never committed (every upload of an outage fails alike): one query per
         # batch finds the few that were.
-        for start in range(0, len(pending), BATCH):
+        for n, batch in enumerate(_batched(pending, BATCH)):
             try:
-                alive = self._session_call(studies.existing_ids, pending[start : start + BATCH])
-                for study_id in sorted(alive):
+                for study_id in sorted(self._session_call(studies.existing_ids, batch)):
                     deleted += self._session_call(studies.delete_study, study_id)
                     self._remove_files(study_id)
             except Exception:
                 with self._withdrawn_lock:
-                    self._withdrawn.update(pending[start:])
+                    self._withdrawn.update(pending[n * BATCH :])
                 break
         if deleted:
             log.info("deleted %d studies of refused analyses the database had missed", deleted)
