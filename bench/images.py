@@ -1,5 +1,7 @@
 """Chest-X-ray-sized test images for the benchmarks: 1024x1024 grey PNGs, each different
-(body outline, lungs, ribs-like stripes, noise), so no cache or compressor flatters a run."""
+(body outline, lungs, ribs-like stripes, noise), so no cache or compressor flatters a run;
+and the same images already at a model's input size, which leave the server almost no
+decoding to do."""
 
 from __future__ import annotations
 
@@ -7,6 +9,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
+from server.runtime.preprocess import resize_for_model
 
 
 def xray_png(seed: int, size: int = 1024) -> bytes:
@@ -31,4 +35,18 @@ def write_images(folder: Path, count: int, size: int = 1024) -> list[Path]:
         if not path.is_file():
             path.write_bytes(xray_png(i, size))
         paths.append(path)
+    return paths
+
+
+def write_model_size_images(source: list[Path], folder: Path, size: tuple[int, int]) -> list[Path]:
+    """`source` resized to `size` (height, width) as the server resizes an upload, as PNGs:
+    the server then decodes a few kilobytes and resizes nothing."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for path in source:
+        out = folder / f"{path.stem}-{size[0]}x{size[1]}.png"
+        if not out.is_file():
+            pixels = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_GRAYSCALE)
+            out.write_bytes(cv2.imencode(".png", resize_for_model(pixels, size))[1].tobytes())
+        paths.append(out)
     return paths

@@ -7,9 +7,12 @@
 2. the server under Locust: a real `chexray serve` process on its `auto` choice, default
    preset, 1024x1024 PNGs, a sweep of concurrent users; throughput, p50/p95/p99, failures,
    mean batch size (from /metrics), peak RSS; then an overload level (100 users by default)
-   where admission control refuses what would wait past its budget. The engine limits the
-   ratios use are measured again before the first level and after each one, so every level
-   is set against the engine as it ran around it (shared cores drift within minutes);
+   where admission control refuses what would wait past its budget; and, at the sweep's
+   largest user count, the same images already at the model's input size: the server with
+   decoding's CPU taken out, which shows what of the gap to the engine's limit decoding
+   costs. The engine limits the ratios use are measured again before the first level and
+   after each one, so every level is set against the engine as it ran around it (shared
+   cores drift within minutes);
 3. the legacy application's architecture (bench/legacy_baseline.py) under the same load at 1
    and 16 users;
 4. bench/results/<machine>-<date>.{json,md,png}, and the three ratios printed last.
@@ -41,7 +44,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.engine import Checkpoint, at_batch, best, cpu_model  # noqa: E402
-from bench.images import write_images  # noqa: E402
+from bench.images import write_images, write_model_size_images  # noqa: E402
+from server.runtime.contract import check_contract  # noqa: E402
+from server.runtime.manifest import load_manifest  # noqa: E402
 from server.settings import Settings  # noqa: E402
 
 PY = sys.executable
@@ -148,7 +153,8 @@ def cpu_table(levels: list[dict]) -> list[str]:
         "| all ms | cores busy |",
         "|---|---|---|---|---|---|---|",
         *[
-            f"| {x['users']} | {c['event_loop_ms']:.2f} | {c['event_loop_busy']:.2f} | "
+            f"| {x.get('label', x['users'])} | {c['event_loop_ms']:.2f} | "
+            f"{c['event_loop_busy']:.2f} | "
             f"{c['decoding_ms']:.2f} | {c['rest_ms']:.2f} | "
             f"{c['event_loop_ms'] + c['decoding_ms'] + c['rest_ms']:.2f} | {c['cores_busy']:.2f} |"
             for x in rows
@@ -293,10 +299,12 @@ def run_server(
     locust_processes: int = 1,
     overload_users: int = 0,
     checkpoint: Callable[[str], dict] | None = None,
+    model_size_images: Path | None = None,
 ) -> dict:
-    """The sweep, then the overload level. With `checkpoint`, the engine is measured again
-    before the first level and after each one (the server idle), and every level records
-    the engine as it ran around it (`engine_around`)."""
+    """The sweep; then, with `model_size_images`, a level at the sweep's largest user count
+    posting those (`model_size`); then the overload level. With `checkpoint`, the engine is
+    measured again before the first level and after each one (the server idle), and every
+    level records the engine as it ran around it (`engine_around`)."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     data = workdir / "server-data"
@@ -317,10 +325,15 @@ def run_server(
         backend = f"{models['backend']}-{_device(models['provider'])}-{models['precision']}"
         marks = [checkpoint(backend)] if checkpoint else []
         levels = []
-        for n in [*users, *([overload_users] if overload_users else [])]:
+        plan = [(n, images) for n in users]
+        if model_size_images is not None:
+            plan.append((max(users), model_size_images))
+        if overload_users:
+            plan.append((overload_users, images))
+        for n, posted in plan:
             before, cpu_before = batch_totals(base), thread_cpu_s(proc.pid)
             started = time.perf_counter()
-            result = locust(base, n, seconds, images, workdir, query, locust_processes)
+            result = locust(base, n, seconds, posted, workdir, query, locust_processes)
             wall = time.perf_counter() - started
             after, cpu_after = batch_totals(base), thread_cpu_s(proc.pid)
             asked = result["requests"] + result["refused"]
@@ -331,9 +344,12 @@ def run_server(
             if checkpoint:
                 marks.append(checkpoint(backend))
                 result["engine_around"] = around(marks[-2], marks[-1])
+            if posted is model_size_images:
+                result["label"] = f"{n}, model-size uploads"
             levels.append(result)
             print(
-                f"  server  {n:>3} users: {result['images_per_s']:.2f} images/s, "
+                f"  server  {result.get('label', f'{n:>3}')} users: "
+                f"{result['images_per_s']:.2f} images/s, "
                 f"p50 {result['p50_ms']:.0f} ms, p99 {result['p99_ms']:.0f} ms, "
                 f"batch {result['mean_batch']:.1f}, failures {result['failures']}, "
                 f"refused {result['refused']}, event loop {result['cpu']['event_loop_busy']:.2f} "
@@ -341,6 +357,7 @@ def run_server(
                 flush=True,
             )
         overload = levels.pop() if overload_users else None
+        model_size = levels.pop() if model_size_images is not None else None
         peak = peak_rss_mb(proc.pid)
     finally:
         proc.terminate()
@@ -349,6 +366,7 @@ def run_server(
     return {
         "levels": levels,
         "overload": overload,
+        "model_size": model_size,
         "max_queue_wait_ms": settings.max_queue_wait_ms,
         "max_batch": settings.max_batch,
         "rss_loaded_mb": loaded,
@@ -459,6 +477,11 @@ def ratios(report: dict, paired: bool = True) -> dict:
         "p50_at_1_user_over_reference_batch_1": p50_1,
         "saturation_over_own_engine_limit": sat["images_per_s"] / at_sat["own_images_per_s"],
     }
+    model_size = report["server"].get("model_size")
+    if model_size:
+        out["model_size_saturation_over_own_engine_limit"] = (
+            model_size["images_per_s"] / engine_then(report, model_size, paired)["own_images_per_s"]
+        )
     overload = report["server"].get("overload")
     if overload:
         # Admission by deadline: overload keeps the saturation throughput, and what is
@@ -492,6 +515,11 @@ TARGETS = {
     "saturation_over_own_engine_limit": (
         "server throughput at saturation / its backend's engine limit",
         ">= 0.95",
+    ),
+    "model_size_saturation_over_own_engine_limit": (
+        "server throughput, uploads at the model's input size (no decoding to speak of) / "
+        "its backend's engine limit",
+        "none: what decoding costs",
     ),
     "overload_over_saturation": (
         "server throughput under overload / at saturation",
@@ -578,8 +606,12 @@ def markdown(report: dict) -> str:
         f"{report['server']['rss_peak_mb']:.0f} MB peak after the sweep.",
         "",
         *cpu_table(
-            [*report["server"]["levels"], *filter(None, [report["server"].get("overload")])]
+            [
+                *report["server"]["levels"],
+                *filter(None, [report["server"].get(k) for k in ("model_size", "overload")]),
+            ]
         ),
+        *model_size_section(report),
     ]
     overload = report["server"].get("overload")
     if overload:
@@ -631,6 +663,36 @@ def markdown(report: dict) -> str:
         label, target = TARGETS[key]
         lines.append(f"| {label} | {value:.2f} | {target} | {whole[key]:.2f} |")
     return "\n".join(lines) + "\n"
+
+
+def model_size_section(report: dict) -> list[str]:
+    """The level posting images at the model's input size, beside the sweep's at the same
+    user count."""
+    x = report["server"].get("model_size")
+    if not x:
+        return []
+    same = [y for y in report["server"]["levels"] if y["users"] == x["users"]]
+    decoding = [y["cpu"]["decoding_ms"] for y in same if y.get("cpu")]
+    cost = f" (decoding {decoding[0]:.1f} ms of CPU per image there)" if decoding else ""
+    size = report["server"].get("model_input", "the model's input")
+    return [
+        "",
+        f"## Without decoding: {x['users']} users posting images at the model's input size",
+        "",
+        "The sweep's images, resized beforehand as the server resizes an upload "
+        f"(to {size}): the server decodes a few kilobytes and resizes nothing. Set beside "
+        f"the sweep's level at the same users{cost}, it shows how much of the gap to the "
+        "engine's limit is the CPU that decoding takes from the engine's cores, and how much "
+        "is the server's own.",
+        "",
+        "| uploads | images/s | p50 ms | p99 ms | mean batch | engine then | / engine |",
+        "|---|---|---|---|---|---|---|",
+        *[
+            f"| {name} | {y['images_per_s']:.2f} | {y['p50_ms']:.0f} | {y['p99_ms']:.0f} | "
+            f"{y['mean_batch']:.1f} | {engine_cells(report, y)} |"
+            for name, y in [*(("1024x1024 PNG", y) for y in same), ("model-size PNG", x)]
+        ],
+    ]
 
 
 def engine_cells(report: dict, level: dict) -> str:
@@ -706,8 +768,11 @@ def main() -> int:
             check=True,
         )
     images = ROOT / "bench" / ".cache" / "images"
-    write_images(images, args.images)
+    sources = write_images(images, args.images)
     workdir = Path(tempfile.mkdtemp(prefix="chexray-bench-"))
+    height, width = check_contract(load_manifest(args.repo))
+    model_size = workdir / f"images-{height}x{width}"
+    write_model_size_images(sources, model_size, (height, width))
     server_env = {"CHEXRAY_INTRA_OP_THREADS": str(args.threads)}
     server_env.update(dict(s.split("=", 1) for s in args.set))
 
@@ -725,7 +790,9 @@ def main() -> int:
         server_env,
         overload_users=args.overload_users,
         checkpoint=check,
+        model_size_images=model_size,
     )
+    server["model_input"] = f"{width}x{height}"
     check.close()
     print("3/4 engine limit, second half", flush=True)
     engine = bracketed(before, run_engine(args.repo, workdir, 4, args.threads, "after"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.run import around, ratios
+from bench.run import around, model_size_section, ratios
 
 OWN = "openvino-cpu-bf16"
 
@@ -88,3 +88,32 @@ def test_without_checkpoints_the_whole_run_table_is_used() -> None:
     assert got == ratios(r, paired=False)
     assert got["saturation_over_own_engine_limit"] == pytest.approx(15.2 / 16.0)
     assert got["p50_at_1_user_over_reference_batch_1"] == pytest.approx(75.0 / 125.0)
+
+
+def test_the_model_size_level_is_set_against_the_engine_around_it() -> None:
+    # 1024x1024 PNGs keep 94% of the engine; the same images at the model's input size, 99%
+    # of an engine that ran a little slower around that level.
+    fast, slower = check(16.0, 8.0, 125.0), check(15.0, 7.5, 130.0)
+    saturated = level(32, 0.94 * 16.0, 1900.0) | {"engine_around": around(fast, fast)}
+    model_size = level(32, 0.99 * 15.0, 1800.0) | {
+        "engine_around": around(slower, slower),
+        "label": "32, model-size uploads",
+    }
+    saturated["mean_batch"] = model_size["mean_batch"] = 7.9
+    r = report([saturated], None)
+    r["server"]["model_size"] = model_size
+
+    got = ratios(r)
+    assert got["saturation_over_own_engine_limit"] == pytest.approx(0.94)
+    assert got["model_size_saturation_over_own_engine_limit"] == pytest.approx(0.99)
+    # It is not a sweep level: saturation stays the sweep's.
+    assert got["saturation_over_reference"] == pytest.approx(0.94 * 16.0 / 8.0)
+
+    saturated["cpu"] = {"decoding_ms": 7.4}
+    section = "\n".join(model_size_section(r))
+    assert "32 users posting images at the model's input size" in section
+    assert "decoding 7.4 ms of CPU per image" in section
+    assert "| 1024x1024 PNG | 15.04 |" in section and "| model-size PNG | 14.85 |" in section
+    assert ratios(report([saturated], None)).keys() == got.keys() - {
+        "model_size_saturation_over_own_engine_limit"
+    }
