@@ -212,7 +212,6 @@ def server_settings(
         "CHEXRAY_MAX_BATCH": str(max_batch),
         "CHEXRAY_MAX_WAIT_MS": "0",
         "CHEXRAY_MAX_QUEUE": str(max(256, 4 * max_users)),
-        "CHEXRAY_DECODE_THREADS": str(max(2, min(8, cores // 2))),
         "CHEXRAY_WARMUP_BATCH_SIZES": ",".join(map(str, warmup)),
     }
     why = [

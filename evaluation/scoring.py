@@ -178,8 +178,8 @@ def score(
             bar.update(len(pending))
         pending.clear()
 
-    ahead = max(4 * batch_size, 2 * engine.settings.decode_threads)
-    with ThreadPoolExecutor(engine.settings.decode_threads, "chexray-eval") as pool:
+    ahead = max(4 * batch_size, 2 * engine.decode_threads)
+    with ThreadPoolExecutor(engine.decode_threads, "chexray-eval") as pool:
         window: deque[tuple[int, Future]] = deque()
         paths = iter(enumerate(labelled.paths))
         for i, path in paths:

@@ -229,7 +229,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     # Heatmaps.
     heatmap_alpha: float = 0.45
-    decode_threads: int = 2  # decoding and rendering, off the event loop
+    # Threads for decoding and rendering, off the event loop (each pool has this many).
+    # 0: 2 where the engine computes on the CPU, half the CPUs (2 to 8) where it computes on
+    # a GPU (server/runtime/threads.py says why).
+    decode_threads: int = 0
     # How far below the engine's threads the decoding and rendering threads run (nice
     # steps, 0-19; 0: the same priority): the engine is then never stalled by them.
     side_work_nice: int = 10
@@ -241,7 +244,6 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "max_batch",
             "max_queue",
             "instances",
-            "decode_threads",
             "max_connections",
             "max_request_bytes",
             "pacs_max_attempts",
@@ -251,7 +253,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         for name in positive:
             if getattr(self, name) < 1:
                 raise SettingsError(f"{PREFIX}{name.upper()} must be at least 1", name)
-        for name in ("max_wait_ms", "max_queue_wait_ms", "drain_timeout_s"):
+        for name in ("max_wait_ms", "max_queue_wait_ms", "drain_timeout_s", "decode_threads"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{PREFIX}{name.upper()} must be >= 0", name)
         if not 0 <= self.grpc_port <= 65535:

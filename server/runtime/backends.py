@@ -162,6 +162,14 @@ def choose(settings: Settings, manifest: Manifest, machine: Machine | None = Non
     return choice
 
 
+def expects_gpu(settings: Settings, machine: Machine | None = None) -> bool:
+    """Whether `choose` puts the engine on a GPU under these settings, before a repository
+    is read: what sizes the side pools that exist before any model loads."""
+    m = machine or Machine.here(settings.provider)
+    gpu_precision = settings.precision in ("auto", "fp32", "fp16")
+    return m.cuda and settings.backend != "openvino" and gpu_precision
+
+
 def graph_for(manifest: Manifest, choice: Choice) -> GraphFile:
     """The repository's graph file a choice runs (OpenVINO lowers fp32 to bf16 itself)."""
     if choice.precision == "fp16":

@@ -32,7 +32,7 @@ from server.runtime.metrics import EngineMetrics
 from server.runtime.precision import gate
 from server.runtime.preprocess import resize_for_model
 from server.runtime.repository import verify_repository
-from server.runtime.threads import side_pool
+from server.runtime.threads import side_pool, side_threads
 from server.settings import Settings
 
 log = logging.getLogger("chexray.runtime")
@@ -142,7 +142,8 @@ class Engine:
             on_refused=lambda code: self.metrics.rejected.inc(),
         )
         self.metrics.in_flight.set_function(lambda: self.admission.in_flight)
-        self._pool = side_pool(settings.decode_threads, "chexray-cpu", settings.side_work_nice)
+        self.decode_threads = side_threads(settings.decode_threads, self.choice.device == "cuda")
+        self._pool = side_pool(self.decode_threads, "chexray-cpu", settings.side_work_nice)
         self.warmed_up = False
         # Told of every answer (not of shadow work): the engine state's rollout statistics
         # and shadow mirroring.

@@ -27,11 +27,12 @@ from prometheus_client import CollectorRegistry
 from server.cam.renderer import Renderer
 from server.counting import Counts, MemoryCounts
 from server.errors import ChexrayError
-from server.runtime.backends import graph_for
+from server.runtime.backends import expects_gpu, graph_for
 from server.runtime.engine import Engine
 from server.runtime.findings import FINDINGS, finding_for, present, slug
 from server.runtime.manifest import Calibration, Manifest, PrecisionCheck
 from server.runtime.state import EngineState
+from server.runtime.threads import side_threads
 from server.service.accounts import Accounts, Principal
 from server.service.audit import AuditContext, AuditLog
 from server.service.dicom_intake import InstanceOutcome
@@ -95,7 +96,7 @@ class Service:
         self.audit = AuditLog(self.store, settings.audit_log, settings.audit_retention_days)
         self.renderer = Renderer(
             settings.heatmap_alpha,
-            settings.decode_threads,
+            side_threads(settings.decode_threads, expects_gpu(settings)),
             self._observe_render,
             settings.side_work_nice,
         )

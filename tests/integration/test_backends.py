@@ -12,7 +12,7 @@ import msgspec
 import numpy as np
 import pytest
 
-from server.runtime.backends import Choice, ChoiceError, Machine, choose
+from server.runtime.backends import Choice, ChoiceError, Machine, choose, expects_gpu
 from server.runtime.engine import Engine
 from server.runtime.manifest import RepositoryError, load_manifest
 from server.runtime.precision import PrecisionRefused, compare, record
@@ -39,6 +39,25 @@ def test_auto_picks_cuda_fp16_then_openvino_bf16_then_fp32(tiny_repo: Path) -> N
     assert pick(tiny_repo, GPU, precision="fp32") == Choice("onnxruntime", "cuda", "fp32")
     assert pick(tiny_repo, CPU_BF16, backend="onnxruntime") == Choice("onnxruntime", "cpu", "fp32")
     assert pick(tiny_repo, GPU, precision="bf16") == Choice("openvino", "cpu", "bf16")
+
+
+@pytest.mark.parametrize("machine", [GPU, CPU_BF16, CPU_ONLY, NO_OPENVINO])
+@pytest.mark.parametrize("backend", ["auto", "onnxruntime", "openvino"])
+@pytest.mark.parametrize("precision", ["auto", "fp32", "bf16", "fp16", "int8"])
+def test_expects_gpu_tells_ahead_where_choose_puts_the_engine(
+    tiny_repo: Path, machine: Machine, backend: str, precision: str
+) -> None:
+    # The side pools are sized before a repository is read: on a GPU machine the renderer's
+    # threads must be the engine's, whatever the settings ask for. The manifest claims an
+    # int8 graph too, so that every precision has one to choose.
+    manifest = load_manifest(tiny_repo)
+    manifest = msgspec.structs.replace(manifest, fused_int8=manifest.fused)
+    settings = Settings(backend=backend, precision=precision)
+    try:
+        chosen = choose(settings, manifest, machine)
+    except (ChoiceError, RepositoryError):
+        return  # no engine to agree with
+    assert expects_gpu(settings, machine) == (chosen.device == "cuda")
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from server.runtime.threads import MAX_NICE, named_pool, side_pool
+from server.runtime.threads import MAX_NICE, named_pool, side_pool, side_threads
 from server.settings import Settings, SettingsError
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux thread nice")
@@ -59,3 +59,22 @@ def test_pool_threads_carry_their_names_to_the_system() -> None:
     finally:
         side.shutdown()
         run.shutdown()
+
+
+def test_side_threads_follow_where_the_engine_computes() -> None:
+    assert side_threads(3, engine_on_gpu=True, cpus=16) == 3  # set: taken as it is
+    # On the CPU the engine takes the cores itself: two, whatever the machine.
+    assert side_threads(0, engine_on_gpu=False, cpus=2) == 2
+    assert side_threads(0, engine_on_gpu=False, cpus=64) == 2
+    # On a GPU the cores are the side work's: half of them, 2 to 8.
+    assert side_threads(0, engine_on_gpu=True, cpus=2) == 2
+    assert side_threads(0, engine_on_gpu=True, cpus=12) == 6
+    assert side_threads(0, engine_on_gpu=True, cpus=128) == 8
+    # Counted from the CPUs this process may use.
+    assert side_threads(0, engine_on_gpu=True) == max(2, min(8, len(os.sched_getaffinity(0)) // 2))
+
+
+def test_decode_threads_take_zero_for_auto_and_refuse_negatives() -> None:
+    assert Settings().decode_threads == 0
+    with pytest.raises(SettingsError, match="DECODE_THREADS"):
+        Settings(decode_threads=-1)
