@@ -348,7 +348,8 @@ def run_server(
                 result["label"] = f"{n}, model-size uploads"
             levels.append(result)
             print(
-                f"  server  {result.get('label', f'{n:>3}')} users: "
+                f"  server  {n:>3} users"
+                f"{', model-size uploads' if posted is model_size_images else ''}: "
                 f"{result['images_per_s']:.2f} images/s, "
                 f"p50 {result['p50_ms']:.0f} ms, p99 {result['p99_ms']:.0f} ms, "
                 f"batch {result['mean_batch']:.1f}, failures {result['failures']}, "
