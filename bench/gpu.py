@@ -18,8 +18,10 @@ Phases, each timed (`make bench-gpu` adds the venv and repository phases before 
    there with a margin.
 3. server: a real `chexray serve` (CHEXRAY_PROVIDER=cuda, fp16 or `--serve fp32`) under
    Locust at 1, 4, 16 and 64 clients posting 1024x1024 PNGs, with settings chosen from
-   phase 2's figures (instances, max batch); peak device memory sampled throughout
-   (bench/devmem.py).
+   phase 2's figures (instances, max batch); then the same images already at the model's
+   input size at the most clients, which leaves almost no decoding to the CPU: whether
+   decoding is what holds the server below the engine; peak device memory sampled
+   throughout (bench/devmem.py).
 4. bench/results/<gpu>-<date>.{json,md,png}, and the three GPU ratios printed last:
    server saturation / fp16 engine limit (>= 0.9); server p50 at 1 client / fp16 batch-1
    latency (<= 1.2); server peak device memory / CHEXRAY_GPU_MEM_LIMIT (<= 1).
@@ -50,9 +52,11 @@ sys.path.insert(0, str(ROOT))
 from bench.devmem import DeviceMemory, gpu_info  # noqa: E402
 from bench.engine import cpu_model  # noqa: E402
 from bench.gpu_engine import BATCH_SIZES, measure_precision  # noqa: E402
-from bench.images import write_images  # noqa: E402
+from bench.images import write_images, write_model_size_images  # noqa: E402
 from bench.portable_repo import redrawn  # noqa: E402
 from bench.run import cpu_table, run_server  # noqa: E402
+from server.runtime.contract import check_contract  # noqa: E402
+from server.runtime.manifest import load_manifest  # noqa: E402
 from server.settings import Settings  # noqa: E402
 
 GIB = 1024**3
@@ -77,6 +81,14 @@ RATIOS = {
         "server peak device memory / CHEXRAY_GPU_MEM_LIMIT",
         "<=",
         1.0,
+    ),
+    # No target: beside the first ratio, it says whether decoding on the CPU is what holds
+    # the server below the engine (bench/run.py has the same level).
+    "model_size_saturation_over_engine_limit": (
+        "server throughput, uploads at the model's input size (almost no decoding) / {p} "
+        "engine limit",
+        None,
+        None,
     ),
 }
 
@@ -246,6 +258,7 @@ def ratios(report: dict) -> dict:
     saturation = max(x["images_per_s"] for x in levels)
     p50_1 = next((x["p50_ms"] for x in levels if x["users"] == 1), None)
     peak = report["server"]["device_memory"]["peak_mb"]
+    model_size = report["server"].get("model_size")
     values = {
         "server_saturation_over_engine_limit": (
             saturation / limit["images_per_s"] if limit else None
@@ -256,16 +269,20 @@ def ratios(report: dict) -> dict:
         "peak_device_memory_over_limit": (
             peak * 1024**2 / report["gpu_mem_budget"] if peak is not None else None
         ),
+        "model_size_saturation_over_engine_limit": (
+            model_size["images_per_s"] / limit["images_per_s"] if limit and model_size else None
+        ),
     }
     precision = label.rsplit("-", 1)[1]
     out = {}
     for key, value in values.items():
         text, op, target = RATIOS[key]
-        met = None if value is None else (value >= target if op == ">=" else value <= target)
+        unmet = op is None or value is None
+        met = None if unmet else (value >= target if op == ">=" else value <= target)
         out[key] = {
             "label": text.format(p=precision),
             "value": value,
-            "target": f"{op} {target}",
+            "target": f"{op} {target}" if op else "none: what decoding costs",
             "met": met,
         }
     return out
@@ -293,6 +310,20 @@ def engine_table(rows: list[dict]) -> list[str]:
                 cells.append(f"{r['median_ms']:.1f} ms ({r['images_per_s']:.0f}/s)")
         lines.append(f"| {config} | {inst} | " + " | ".join(cells) + " |")
     return lines
+
+
+def model_size_line(server: dict) -> list[str]:
+    """The level posting images at the model's input size, in words."""
+    x = server.get("model_size")
+    if not x:
+        return []
+    return [
+        f"With the same images already at the model's input size ({server['model_input']}, "
+        f"almost no decoding) at {x['users']} clients: {x['images_per_s']:.1f} images/s, p50 "
+        f"{x['p50_ms']:.0f} ms, mean batch {x['mean_batch']:.1f}. Set beside the level above "
+        "at the same clients, it shows whether decoding on the CPU holds the server back.",
+        "",
+    ]
 
 
 def _mb(v: float | None) -> str:
@@ -380,11 +411,12 @@ def markdown(report: dict) -> str:
             for x in s["levels"]
         ],
         "",
+        *model_size_line(s),
         f"Server peak device memory above idle: {_mb(s['device_memory']['peak_mb'])} "
         f"(budget CHEXRAY_GPU_MEM_LIMIT {budget_gb:.2f} GiB); peak RSS "
         f"{s['rss_peak_mb']:.0f} MB.",
         "",
-        *cpu_table(s["levels"]),
+        *cpu_table([*s["levels"], *filter(None, [s.get("model_size")])]),
         "",
         "## Ratios",
         "",
@@ -618,6 +650,9 @@ def main(argv: list[str] | None = None) -> int:
     images.mkdir()
     for path in write_images(args.images_dir, args.images):
         shutil.copy(path, images)
+    height, width = check_contract(load_manifest(repo))
+    model_size = workdir / f"images-{height}x{width}"
+    write_model_size_images(sorted(images.iterdir()), model_size, (height, width))
     print("  server settings: " + " ".join(f"{k}={v}" for k, v in env.items()), flush=True)
 
     def server() -> dict:
@@ -632,10 +667,12 @@ def main(argv: list[str] | None = None) -> int:
                 args.query,
                 env,
                 args.locust_processes,
+                model_size_images=model_size,
             )
         finally:
             result_memory = memory.stop()
         result["device_memory"] = result_memory
+        result["model_input"] = f"{width}x{height}"
         result["locust_processes"] = args.locust_processes
         return result
 

@@ -62,6 +62,11 @@ def test_cpu_path_writes_a_complete_report(tiny_copy: Path, tmp_path: Path) -> N
     assert server["backend"] == report["served"] == "onnxruntime-cpu-fp32"
     assert [x["users"] for x in server["levels"]] == [1, 4]
     assert all(x["requests"] > 0 and x["failures"] == 0 for x in server["levels"])
+    # The same images at the model's input size, at the most clients: almost no decoding.
+    model_size = server["model_size"]
+    assert model_size["users"] == 4 and model_size["label"] == "4, model-size uploads"
+    assert model_size["requests"] > 0 and model_size["failures"] == 0
+    assert model_size["cpu"]["decoding_ms"] < server["levels"][-1]["cpu"]["decoding_ms"] / 4
     assert server["settings"]["CHEXRAY_PROVIDER"] == "cpu"
     # The server's CPU by thread: the decode pool is found by the name its threads carry.
     for level in server["levels"]:
@@ -82,7 +87,10 @@ def test_cpu_path_writes_a_complete_report(tiny_copy: Path, tmp_path: Path) -> N
         "server_saturation_over_engine_limit",
         "server_p50_1_client_over_engine_batch_1",
         "peak_device_memory_over_limit",
+        "model_size_saturation_over_engine_limit",
     }
+    assert ratios["model_size_saturation_over_engine_limit"]["value"] > 0
+    assert ratios["model_size_saturation_over_engine_limit"]["met"] is None
     assert ratios["server_saturation_over_engine_limit"]["value"] > 0
     assert ratios["server_p50_1_client_over_engine_batch_1"]["value"] > 0
     assert ratios["peak_device_memory_over_limit"]["value"] is None
@@ -92,4 +100,5 @@ def test_cpu_path_writes_a_complete_report(tiny_copy: Path, tmp_path: Path) -> N
     for heading in ("## Phases", "## Engine limit", "## Server under load", "## Ratios"):
         assert heading in text
     assert "not measured" in text and "| event loop ms |" in text
+    assert "| 4, model-size uploads |" in text and "already at the model's input size" in text
     assert files[2].read_bytes().startswith(b"\x89PNG")
