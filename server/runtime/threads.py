@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import math
 import os
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 log = logging.getLogger("chexray.runtime")
 
@@ -43,13 +45,24 @@ def side_threads(setting: int, engine_on_gpu: bool, cpus: int | None = None) -> 
         return setting
     if not engine_on_gpu:
         return CPU_ENGINE_SIDE_THREADS
-    if cpus is None:
-        try:
-            cpus = len(os.sched_getaffinity(0))  # a container's cpuset, not the host's CPUs
-        except AttributeError:  # not Linux
-            cpus = os.cpu_count() or 1
     low, high = GPU_ENGINE_SIDE_THREADS
-    return max(low, min(high, cpus // 2))
+    return max(low, min(high, (cpus or usable_cpus()) // 2))
+
+
+def usable_cpus(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
+    """The CPUs this process may run on (a container's cpuset, not the host's), fewer where
+    a CPU quota caps them (cgroup v2 `cpu.max`: `docker --cpus`, a Kubernetes CPU limit)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+    try:
+        quota, period = (cgroup / "cpu.max").read_text().split()
+        if quota != "max":
+            cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):  # cgroup v1, or no CPU controller here: no quota known
+        pass
+    return cpus
 
 
 def side_pool(threads: int, name: str, nice: int) -> ThreadPoolExecutor:

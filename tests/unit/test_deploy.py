@@ -78,6 +78,8 @@ def settings(target: str) -> Settings:
     env = {k: v for k, v in environment(target).items() if k.startswith(PREFIX)}
     env["CHEXRAY_DATABASE_URL"] = "postgresql+psycopg://u:p@chexray-postgres/chexray"
     env["CHEXRAY_INTRA_OP_THREADS"] = "2"
+    if "CHEXRAY_DECODE_THREADS" in env:
+        env["CHEXRAY_DECODE_THREADS"] = "4"
     return Settings.from_env(env)
 
 
@@ -271,6 +273,12 @@ def test_gpu_and_cpu_variants() -> None:
     kserve = server("kserve")
     assert kserve["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert environment("kserve")["CHEXRAY_PROVIDER"] == "cuda"
+    # Beside a GPU the decoding threads are the cores the pod asked for, not half the node's.
+    for target, container in (("gpu", gpu), ("kserve", kserve)):
+        (threads,) = (v for v in container["env"] if v["name"] == "CHEXRAY_DECODE_THREADS")
+        field = threads["valueFrom"]["resourceFieldRef"]
+        assert (field["resource"], field["containerName"]) == ("requests.cpu", container["name"])
+    assert "CHEXRAY_DECODE_THREADS" not in environment("cpu")
 
 
 @pytest.mark.parametrize("target", ["cpu", "gpu"])

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from server.runtime.threads import MAX_NICE, named_pool, side_pool, side_threads
+from server.runtime.threads import MAX_NICE, named_pool, side_pool, side_threads, usable_cpus
 from server.settings import Settings, SettingsError
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux thread nice")
@@ -71,7 +71,24 @@ def test_side_threads_follow_where_the_engine_computes() -> None:
     assert side_threads(0, engine_on_gpu=True, cpus=12) == 6
     assert side_threads(0, engine_on_gpu=True, cpus=128) == 8
     # Counted from the CPUs this process may use.
-    assert side_threads(0, engine_on_gpu=True) == max(2, min(8, len(os.sched_getaffinity(0)) // 2))
+    assert side_threads(0, engine_on_gpu=True) == max(2, min(8, usable_cpus() // 2))
+
+
+@pytest.mark.parametrize(
+    ("cpu_max", "expected"),
+    [
+        ("max 100000\n", None),  # no quota: the CPUs it may run on
+        ("150000 100000\n", 2),  # docker --cpus 1.5: rounded up
+        ("50000 100000\n", 1),
+        ("garbled\n", None),
+        (None, None),  # cgroup v1 or no CPU controller: no file
+    ],
+)
+def test_usable_cpus_follow_a_cgroup_cpu_quota(tmp_path, cpu_max, expected) -> None:
+    if cpu_max is not None:
+        (tmp_path / "cpu.max").write_text(cpu_max)
+    affinity = len(os.sched_getaffinity(0))
+    assert usable_cpus(tmp_path) == (affinity if expected is None else min(affinity, expected))
 
 
 def test_decode_threads_take_zero_for_auto_and_refuse_negatives() -> None:
