@@ -274,7 +274,7 @@ def test_gpu_and_cpu_variants() -> None:
     assert kserve["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert environment("kserve")["CHEXRAY_PROVIDER"] == "cuda"
     # Beside a GPU the decoding threads are the cores the pod asked for, not half the node's.
-    for target, container in (("gpu", gpu), ("kserve", kserve)):
+    for container in (gpu, kserve):
         (threads,) = (v for v in container["env"] if v["name"] == "CHEXRAY_DECODE_THREADS")
         field = threads["valueFrom"]["resourceFieldRef"]
         assert (field["resource"], field["containerName"]) == ("requests.cpu", container["name"])
