@@ -277,8 +277,8 @@ def ratios(report: dict) -> dict:
     out = {}
     for key, value in values.items():
         text, op, target = RATIOS[key]
-        unmet = op is None or value is None
-        met = None if unmet else (value >= target if op == ">=" else value <= target)
+        judged = op is not None and value is not None
+        met = (value >= target if op == ">=" else value <= target) if judged else None
         out[key] = {
             "label": text.format(p=precision),
             "value": value,

@@ -344,13 +344,12 @@ def run_server(
             if checkpoint:
                 marks.append(checkpoint(backend))
                 result["engine_around"] = around(marks[-2], marks[-1])
-            if posted is model_size_images:
-                result["label"] = f"{n}, model-size uploads"
+            tag = ", model-size uploads" if posted is model_size_images else ""
+            if tag:
+                result["label"] = f"{n}{tag}"
             levels.append(result)
             print(
-                f"  server  {n:>3} users"
-                f"{', model-size uploads' if posted is model_size_images else ''}: "
-                f"{result['images_per_s']:.2f} images/s, "
+                f"  server  {n:>3} users{tag}: {result['images_per_s']:.2f} images/s, "
                 f"p50 {result['p50_ms']:.0f} ms, p99 {result['p99_ms']:.0f} ms, "
                 f"batch {result['mean_batch']:.1f}, failures {result['failures']}, "
                 f"refused {result['refused']}, event loop {result['cpu']['event_loop_busy']:.2f} "
