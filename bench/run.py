@@ -769,8 +769,8 @@ def main() -> int:
         )
     images = ROOT / "bench" / ".cache" / "images"
     sources = write_images(images, args.images)
-    workdir = Path(tempfile.mkdtemp(prefix="chexray-bench-"))
     height, width = check_contract(load_manifest(args.repo))
+    workdir = Path(tempfile.mkdtemp(prefix="chexray-bench-"))
     model_size = workdir / f"images-{height}x{width}"
     write_model_size_images(sources, model_size, (height, width))
     server_env = {"CHEXRAY_INTRA_OP_THREADS": str(args.threads)}
