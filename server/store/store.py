@@ -155,7 +155,7 @@ class Store:
             self._withdrawn.add(study_id)
 
     def _retry_withdrawals(self) -> int:
-        """Delete the studies the database missed; how many were there to delete. What it
+        """Delete the studies the database missed; how many it deleted. What it
         still cannot reach waits for the next try."""
         with self._withdrawn_lock:
             pending, self._withdrawn = sorted(self._withdrawn), set()
